@@ -1,0 +1,81 @@
+package plan
+
+import "encoding/json"
+
+// Route is the tool identity Envoy attaches to the Check through the route's
+// per-route ext_authz context_extensions. It comes from the control plane, never
+// from the agent.
+type Route struct {
+	Tool         string   `json:"tool"`
+	ToolClass    string   `json:"tool_class"` // read | write | external_send | exec | llm
+	BaseRisk     float64  `json:"base_risk"`
+	Trust        string   `json:"trust"` // internal | neutral | untrusted
+	Cost         float64  `json:"cost"`
+	RouteVersion string   `json:"route_version"`
+	MCPTools     []string `json:"mcp_tools,omitempty"` // from "mcp_tools": comma-separated
+}
+
+// Provenance is one label of the context that led to this call
+// (x-aisecops-provenance, base64url JSON list).
+type Provenance struct {
+	SourceType string `json:"source_type"`
+	SourceName string `json:"source_name"`
+	TrustLevel string `json:"trust_level"`
+	SourceHash string `json:"source_hash,omitempty"`
+}
+
+// Call is one tool invocation found in the request.
+type Call struct {
+	Tool      string          `json:"tool"`      // the tool as the agent named it (plan tool or MCP params.name)
+	Arguments json.RawMessage `json:"arguments"` // canonical JSON object ("{}" when absent)
+}
+
+// Source says where the plan came from.
+type Source string
+
+const (
+	SourceNone   Source = "none"   // no plan: an opaque or non-JSON body, or no body
+	SourcePlan   Source = "plan"   // plain JSON execution plan body
+	SourceMCP    Source = "mcp"    // MCP JSON-RPC body
+	SourceHeader Source = "header" // x-aisecops-plan header only
+	SourceLLM    Source = "llm"    // LLM API request on an llm route
+)
+
+// Plan is everything the rest of the pipeline needs from one CheckRequest.
+type Plan struct {
+	RequestID string // attributes.request.http.id (x-request-id); "" when Envoy sent none
+	Route     Route
+
+	Method  string // :method
+	Host    string // :authority / host, lowercased, port stripped
+	Path    string // normalised as the upstream will route it ("//a/../b" → "/b")
+	RawPath string // path exactly as received
+
+	Token      string // bearer token (never logged, never audited)
+	RunID      string // x-aisecops-run-id, else Mcp-Session-Id, else trace id
+	TraceID    string // x-aisecops-trace-id, else the plan's trace_id
+	Provenance []Provenance
+	DryRun     bool
+	Explain    bool
+	ApprovalID string
+
+	Source    Source
+	AgentID   string // agent_id the plan claims ("" when none); the token decides who the agent is
+	MCPMethod string // JSON-RPC method for MCP bodies ("tools/call", "initialize", …)
+	Calls     []Call // tool invocations; at most one per Check (see package doc)
+
+	// InputHeaders lists the names of every x-aisecops-* and authorization header
+	// the request carried, for removal before the upstream.
+	InputHeaders []string
+
+	ContentType string
+	Body        []byte // the body as Envoy sent it (raw_body preferred)
+}
+
+// Call0 returns the plan's tool call, or a zero Call when there is none.
+func (p *Plan) Call0() Call {
+	if len(p.Calls) == 0 {
+		return Call{Arguments: json.RawMessage("{}")}
+	}
+	return p.Calls[0]
+}

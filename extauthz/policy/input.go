@@ -1,0 +1,156 @@
+package policy
+
+import (
+	"encoding/json"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+)
+
+// Input is the document Rego sees as `input`. Arithmetic (risk, budget ratios)
+// and per-argument facts are computed in Go and passed in; Rego keeps to lookups
+// and decisions (OPA-NOTES: float math in Rego is slow). Time comes in here too:
+// policies have no clock, so replaying an audit record gives the same decision.
+type Input struct {
+	Time       Time              `json:"time"`
+	Request    Request           `json:"request"`
+	Route      plan.Route        `json:"route"`
+	Agent      Agent             `json:"agent"`
+	Plan       Plan              `json:"plan"`
+	Token      Token             `json:"token"`
+	Provenance []plan.Provenance `json:"provenance"`
+	// UntrustedContext is true when any provenance label is untrusted/unverified/external.
+	UntrustedContext bool      `json:"untrusted_context"`
+	Risk             Risk      `json:"risk"`
+	Budget           Budget    `json:"budget"`
+	Run              Run       `json:"run"`
+	Approval         Approval  `json:"approval"`
+	Findings         []Finding `json:"findings"`
+}
+
+// Time is the Check's clock reading.
+type Time struct {
+	NowNS   int64  `json:"now_ns"`
+	RFC3339 string `json:"rfc3339"`
+}
+
+// Request is the HTTP request as the upstream would see it.
+type Request struct {
+	ID      string `json:"id"`
+	Method  string `json:"method"`
+	Host    string `json:"host"`
+	Path    string `json:"path"`
+	DryRun  bool   `json:"dry_run"`
+	Explain bool   `json:"explain"`
+}
+
+// Agent is the caller as the verified token names it, with its configuration.
+type Agent struct {
+	ID            string   `json:"id"`
+	Known         bool     `json:"known"`
+	Authenticated bool     `json:"authenticated"` // identity from a verified token
+	ToolAllowed   bool     `json:"tool_allowed"`  // route tool ∈ allowed_tools
+	AllowedTools  []string `json:"allowed_tools"`
+	Approval      float64  `json:"approval_threshold"`
+	Halt          float64  `json:"halt_threshold"`
+}
+
+// Plan is the tool call the agent intends.
+type Plan struct {
+	Source        string          `json:"source"`
+	MCPMethod     string          `json:"mcp_method,omitempty"`
+	Tool          string          `json:"tool"`
+	Arguments     json.RawMessage `json:"arguments"`
+	ArgumentsHash string          `json:"arguments_hash"`
+	PlanHash      string          `json:"plan_hash"` // tool + arguments + run: what an approval binds to
+	TraceID       string          `json:"trace_id"`
+	RunID         string          `json:"run_id"`
+}
+
+// Token is the verified capability token (never the raw token).
+type Token struct {
+	Present       bool     `json:"present"`
+	JTI           string   `json:"jti,omitempty"`
+	Scope         string   `json:"scope,omitempty"`
+	PolicyVersion string   `json:"policy_version,omitempty"`
+	RunID         string   `json:"run_id,omitempty"`
+	SingleUse     bool     `json:"single_use,omitempty"`
+	MaxRows       *int64   `json:"max_rows,omitempty"`
+	MaxCost       *float64 `json:"max_cost,omitempty"`
+	ExpiresNS     int64    `json:"exp_ns,omitempty"`
+}
+
+// Risk is the step's chain risk (DESIGN §5): step = r_step × e × t × b.
+type Risk struct {
+	RStep       float64  `json:"r_step"`
+	E           float64  `json:"e"`
+	T           float64  `json:"t"`
+	B           float64  `json:"b"`
+	Step        float64  `json:"step"`
+	TotalBefore float64  `json:"total_before"`
+	Total       float64  `json:"total"`                 // including this step; compared with the thresholds
+	Escalations []string `json:"escalations,omitempty"` // names of the escalation rules that fired
+}
+
+// Budget is the run's consumption including this step, as ratios of each limit.
+type Budget struct {
+	Consumption map[string]float64 `json:"consumption"`
+	// Exceeded names the first budget this step would exceed, or "".
+	Exceeded string `json:"exceeded"`
+}
+
+// Run is the run's state before this step.
+type Run struct {
+	ID        string    `json:"id"`
+	ToolCalls int64     `json:"tool_calls"`
+	WriteOps  int64     `json:"write_operations"`
+	Cost      float64   `json:"cost"`
+	Recent    []RunStep `json:"recent"`
+}
+
+// RunStep is one recent step of the run.
+type RunStep struct {
+	Tool      string `json:"tool"`
+	Class     string `json:"class"`
+	Trust     string `json:"trust"`
+	Untrusted bool   `json:"untrusted"`
+}
+
+// Approval is the state of the approval the agent presented, if any.
+type Approval struct {
+	ID      string `json:"id,omitempty"`
+	Present bool   `json:"present"`
+	// Valid is true when the approval is approved, unused and bound to this exact plan.
+	Valid  bool   `json:"valid"`
+	Status string `json:"status,omitempty"`
+}
+
+// Finding is one egress inspection result. The matched value never appears.
+type Finding struct {
+	Detector string `json:"detector"`
+	Location string `json:"location"`
+	Count    int    `json:"count"`
+	Hash     string `json:"hash"`
+	// Class groups detectors for policy: "secret", "pii", "destination", "injection", "size".
+	Class string `json:"class"`
+}
+
+// Reason is one reason in a decision.
+type Reason struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	ControlID string `json:"control_id,omitempty"`
+}
+
+// Decision is the policy's decision document (DESIGN §3).
+type Decision struct {
+	Decision    string         `json:"decision"` // allow | deny | require_approval
+	Reasons     []Reason       `json:"reasons"`
+	Obligations map[string]any `json:"obligations,omitempty"`
+}
+
+// Decision values.
+const (
+	Allow           = "allow"
+	Deny            = "deny"
+	RequireApproval = "require_approval"
+)

@@ -1,0 +1,309 @@
+// Package config owns the one declarative file the product is run from: the
+// egress listener, the authz service settings, the tools agents may reach and the
+// agents' budgets and thresholds. It decodes strictly, validates everything at
+// once, and knows nothing of Envoy protos or of the authz server.
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+//go:embed example.yaml
+var exampleYAML []byte
+
+// Example returns the bundled example file's bytes.
+func Example() []byte { return bytes.Clone(exampleYAML) }
+
+// Tool classes.
+const (
+	ClassRead         = "read"
+	ClassWrite        = "write"
+	ClassExternalSend = "external_send"
+	ClassExec         = "exec"
+	ClassLLM          = "llm"
+)
+
+// Trust levels of a tool's destination.
+const (
+	TrustInternal  = "internal"
+	TrustNeutral   = "neutral"
+	TrustUntrusted = "untrusted"
+)
+
+// Classes and Trusts list the accepted values.
+var (
+	Classes = []string{ClassRead, ClassWrite, ClassExternalSend, ClassExec, ClassLLM}
+	Trusts  = []string{TrustInternal, TrustNeutral, TrustUntrusted}
+)
+
+// File is the routes file.
+type File struct {
+	Listener Listener `json:"listener"`
+	Authz    Authz    `json:"authz"`
+	Tools    []Tool   `json:"tools"`
+	Agents   []Agent  `json:"agents"`
+}
+
+// Listener is Envoy's egress listener.
+type Listener struct {
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+}
+
+// Authz is how Envoy reaches the authz service.
+type Authz struct {
+	Address         string   `json:"address"` // host:port
+	Timeout         Duration `json:"timeout"`
+	MaxRequestBytes uint32   `json:"max_request_bytes"`
+}
+
+// Tool is one destination agents may call through the egress listener.
+type Tool struct {
+	Name     string   `json:"name"`
+	Class    string   `json:"class"`
+	BaseRisk float64  `json:"base_risk"`
+	Trust    string   `json:"trust"`
+	Cost     float64  `json:"cost"`
+	Match    Match    `json:"match"`
+	Upstream Upstream `json:"upstream"`
+	// MCPTools, for an MCP server route, lists the MCP tool names callable on it.
+	MCPTools []string `json:"mcp_tools,omitempty"`
+	// Destinations is the allowlist of destination domains for DestinationArgs.
+	Destinations []string `json:"destinations,omitempty"`
+	// DestinationArgs names the arguments that carry a destination (recipient, URL, channel).
+	DestinationArgs []string `json:"destination_args,omitempty"`
+}
+
+// Match selects a tool's requests on the egress listener.
+type Match struct {
+	Host       string `json:"host"`
+	PathPrefix string `json:"path_prefix"`
+}
+
+// Upstream is where Envoy sends a tool's allowed requests.
+type Upstream struct {
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+	TLS     bool   `json:"tls"`
+	SNI     string `json:"sni,omitempty"` // defaults to Address
+}
+
+// Agent is one agent identity (the token's subject) with its budgets.
+type Agent struct {
+	ID           string     `json:"id"`
+	AllowedTools []string   `json:"allowed_tools"`
+	Budgets      Budgets    `json:"budgets"`
+	Thresholds   Thresholds `json:"thresholds"`
+}
+
+// Budgets bound one run. Zero means unlimited.
+type Budgets struct {
+	MaxToolCalls       int64    `json:"max_tool_calls"`
+	MaxWriteOperations int64    `json:"max_write_operations"`
+	MaxExecutionTime   Duration `json:"max_execution_time"`
+	MaxCost            float64  `json:"max_cost"`
+}
+
+// Thresholds on a run's cumulative risk, including the step being decided.
+type Thresholds struct {
+	Approval float64 `json:"approval"`
+	Halt     float64 `json:"halt"`
+}
+
+// Default thresholds from the seed's section 8.
+const (
+	DefaultApproval = 1.5
+	DefaultHalt     = 2.0
+)
+
+// Duration is a time.Duration written as "15m" in the file.
+type Duration time.Duration
+
+// MarshalJSON writes d as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"15m\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Parse decodes and validates a routes file. name is used in error messages.
+func Parse(name string, data []byte) (*File, error) {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	var f File
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	f.applyDefaults()
+	if err := f.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &f, nil
+}
+
+// Load reads and parses a routes file; path "" loads the bundled example.
+func Load(path string) (*File, error) {
+	if path == "" {
+		return Parse("example.yaml (bundled)", exampleYAML)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+func (f *File) applyDefaults() {
+	if f.Authz.Timeout == 0 {
+		f.Authz.Timeout = Duration(250 * time.Millisecond)
+	}
+	if f.Authz.MaxRequestBytes == 0 {
+		f.Authz.MaxRequestBytes = 1 << 20
+	}
+	for i := range f.Agents {
+		t := &f.Agents[i].Thresholds
+		if t.Approval == 0 {
+			t.Approval = DefaultApproval
+		}
+		if t.Halt == 0 {
+			t.Halt = DefaultHalt
+		}
+	}
+	for i := range f.Tools {
+		u := &f.Tools[i].Upstream
+		if u.TLS && u.SNI == "" {
+			u.SNI = u.Address
+		}
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`)
+
+// Validate reports every problem in f at once, each naming its field.
+func (f *File) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if f.Listener.Port == 0 || f.Listener.Port > 65535 {
+		bad("listener.port", "must be 1..65535")
+	}
+	if f.Authz.Address == "" {
+		bad("authz.address", "is required")
+	}
+	tools := map[string]bool{}
+	for i, t := range f.Tools {
+		p := fmt.Sprintf("tools[%d]", i)
+		if !nameRE.MatchString(t.Name) {
+			bad(p+".name", "%q is not a valid tool name", t.Name)
+		} else if tools[t.Name] {
+			bad(p+".name", "%q is declared twice", t.Name)
+		}
+		tools[t.Name] = true
+		if !slices.Contains(Classes, t.Class) {
+			bad(p+".class", "%q is not one of %s", t.Class, strings.Join(Classes, ", "))
+		}
+		if !slices.Contains(Trusts, t.Trust) {
+			bad(p+".trust", "%q is not one of %s", t.Trust, strings.Join(Trusts, ", "))
+		}
+		if !(t.BaseRisk >= 0 && t.BaseRisk <= 10) || math.IsNaN(t.BaseRisk) {
+			bad(p+".base_risk", "must be between 0 and 10")
+		}
+		if !(t.Cost >= 0 && t.Cost <= 1e6) {
+			bad(p+".cost", "must be between 0 and 1e6")
+		}
+		if t.Match.Host == "" {
+			bad(p+".match.host", "is required")
+		}
+		if !strings.HasPrefix(t.Match.PathPrefix, "/") {
+			bad(p+".match.path_prefix", "must start with /")
+		}
+		if t.Upstream.Address == "" {
+			bad(p+".upstream.address", "is required")
+		}
+		if t.Upstream.Port == 0 || t.Upstream.Port > 65535 {
+			bad(p+".upstream.port", "must be 1..65535")
+		}
+		for j, a := range t.DestinationArgs {
+			if a == "" {
+				bad(fmt.Sprintf("%s.destination_args[%d]", p, j), "is empty")
+			}
+		}
+		if len(t.DestinationArgs) > 0 && len(t.Destinations) == 0 {
+			bad(p+".destinations", "is required when destination_args is set")
+		}
+	}
+	agents := map[string]bool{}
+	for i, a := range f.Agents {
+		p := fmt.Sprintf("agents[%d]", i)
+		if !nameRE.MatchString(a.ID) {
+			bad(p+".id", "%q is not a valid agent id", a.ID)
+		} else if agents[a.ID] {
+			bad(p+".id", "%q is declared twice", a.ID)
+		}
+		agents[a.ID] = true
+		for j, t := range a.AllowedTools {
+			if !tools[t] {
+				bad(fmt.Sprintf("%s.allowed_tools[%d]", p, j), "names unknown tool %q", t)
+			}
+		}
+		b := a.Budgets
+		if b.MaxToolCalls < 0 || b.MaxWriteOperations < 0 || b.MaxExecutionTime < 0 || b.MaxCost < 0 {
+			bad(p+".budgets", "must not be negative")
+		}
+		th := a.Thresholds
+		if th.Approval <= 0 || th.Halt <= 0 {
+			bad(p+".thresholds", "must be positive")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Tool returns the named tool.
+func (f *File) Tool(name string) (Tool, bool) {
+	for _, t := range f.Tools {
+		if t.Name == name {
+			return t, true
+		}
+	}
+	return Tool{}, false
+}
+
+// Agent returns the agent with id.
+func (f *File) Agent(id string) (Agent, bool) {
+	for _, a := range f.Agents {
+		if a.ID == id {
+			return a, true
+		}
+	}
+	return Agent{}, false
+}
+
+// Micros converts money to integer micro-units, the unit budgets are kept in.
+func Micros(v float64) int64 { return int64(math.Round(v * 1e6)) }
