@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+GO       ?= go
+FUZZTIME ?= 20s
+BENCH    ?= .
+
+.PHONY: run test check fmt vet fuzz bench build
+
+run: ## start `aisecops all` on the embedded default
+	$(GO) run ./cmd/aisecops all
+
+build:
+	$(GO) build -o bin/aisecops ./cmd/aisecops
+
+test: ## the whole suite, with the race detector (what CI runs)
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+check: fmt vet test
+
+# Each fuzz target runs for FUZZTIME (go test runs one -fuzz target at a time).
+fuzz: ## every fuzz target, FUZZTIME each
+	@for d in $$(grep -rl '^func Fuzz' --include='*_test.go' . | xargs -n1 dirname | sort -u); do \
+		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$d/*_test.go | cut -d' ' -f2); do \
+			echo "== $$d $$f"; $(GO) test $$d -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) || exit 1; \
+		done; \
+	done
+
+bench: ## the benchmarks quoted in README's performance section
+	$(GO) test -run='^$$' -bench='$(BENCH)' -benchmem ./...

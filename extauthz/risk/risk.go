@@ -1,0 +1,137 @@
+// Package risk computes one step's chain risk, step = R_step × E × T × B
+// (AISecOps section 8, DESIGN §5). It is pure arithmetic over the route, the
+// context's provenance, the run's recent steps and its budget consumption; it
+// holds no state and decides nothing (thresholds are policy).
+package risk
+
+import (
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/aisecops/aisecops-envoy/riskstore"
+)
+
+// Trust multipliers (DESIGN §5).
+const (
+	TInternal  = 0.5
+	TNeutral   = 1.0
+	TUntrusted = 2.0
+)
+
+// E and B bounds.
+const (
+	MinE, MaxE = 1.0, 3.0
+	MinB, MaxB = 1.0, 2.0
+)
+
+// EscalationRule raises E when a step of a class in When follows, within the
+// run's recent window, a step of a class in After whose trust is in AfterTrust
+// (empty AfterTrust matches any trust). Rules live in the policy bundle's data.
+type EscalationRule struct {
+	Name       string   `json:"name"`
+	When       []string `json:"when"`
+	After      []string `json:"after"`
+	AfterTrust []string `json:"after_trust"`
+	E          float64  `json:"e"`
+}
+
+// Step is what the calculator needs to know about the step being decided.
+type Step struct {
+	BaseRisk float64
+	Class    string
+	Trust    string   // the route's trust: internal | neutral | untrusted
+	Labels   []string // provenance trust levels of the context behind the call
+	// Consumption is each budget's consumption ratio including this step.
+	Consumption map[string]float64
+}
+
+// Factors is the computed step risk and its parts.
+type Factors struct {
+	RStep       float64
+	E           float64
+	T           float64
+	B           float64
+	Step        float64
+	Escalations []string
+}
+
+// Compute returns the step's factors given the run's recent steps.
+func Compute(s Step, recent []riskstore.StepSummary, rules []EscalationRule) Factors {
+	f := Factors{RStep: s.BaseRisk, E: MinE, T: Trust(s.Trust), B: MinB}
+	for _, l := range s.Labels {
+		f.T = math.Max(f.T, LabelTrust(l))
+	}
+	for _, r := range rules {
+		if !slices.Contains(r.When, s.Class) {
+			continue
+		}
+		if slices.ContainsFunc(recent, func(p riskstore.StepSummary) bool {
+			return slices.Contains(r.After, p.Class) && (len(r.AfterTrust) == 0 || slices.Contains(r.AfterTrust, p.Trust))
+		}) {
+			f.E = math.Max(f.E, r.E)
+			f.Escalations = append(f.Escalations, r.Name)
+		}
+	}
+	f.E = clip(f.E, MinE, MaxE)
+	var worst float64
+	for _, ratio := range s.Consumption {
+		worst = math.Max(worst, ratio)
+	}
+	f.B = clip(1+worst, MinB, MaxB)
+	f.Step = f.RStep * f.E * f.T * f.B
+	return f
+}
+
+// Trust maps a route's trust level to T.
+func Trust(level string) float64 {
+	switch level {
+	case "internal":
+		return TInternal
+	case "neutral", "":
+		return TNeutral
+	default:
+		return TUntrusted
+	}
+}
+
+// LabelTrust maps a provenance label's trust_level to T. Unknown levels count as
+// untrusted: context is untrusted by default (seed principle 4.1).
+func LabelTrust(level string) float64 {
+	switch strings.ToLower(level) {
+	case "internal", "trusted", "verified", "system":
+		return TInternal
+	case "neutral":
+		return TNeutral
+	default:
+		return TUntrusted
+	}
+}
+
+// Untrusted reports whether a provenance trust level counts as untrusted.
+func Untrusted(level string) bool { return LabelTrust(level) >= TUntrusted }
+
+// Consumption returns each budget's consumption ratio after committing a step
+// onto st (DESIGN §5: B = 1 + the largest ratio). Budgets with no limit are left out.
+func Consumption(st riskstore.State, l riskstore.Limits, write bool, costMicros int64, elapsedNS int64) map[string]float64 {
+	c := make(map[string]float64, 4)
+	if l.MaxToolCalls > 0 {
+		c[riskstore.BudgetToolCalls] = float64(st.ToolCalls+1) / float64(l.MaxToolCalls)
+	}
+	if l.MaxWriteOperations > 0 {
+		w := st.WriteOps
+		if write {
+			w++
+		}
+		c[riskstore.BudgetWriteOps] = float64(w) / float64(l.MaxWriteOperations)
+	}
+	if l.MaxCostMicros > 0 {
+		c[riskstore.BudgetCost] = float64(st.CostMicros+costMicros) / float64(l.MaxCostMicros)
+	}
+	if l.MaxExecutionTime > 0 && elapsedNS > 0 {
+		c[riskstore.BudgetExecutionTime] = float64(elapsedNS) / float64(l.MaxExecutionTime)
+	}
+	return c
+}
+
+func clip(v, lo, hi float64) float64 { return math.Min(math.Max(v, lo), hi) }
