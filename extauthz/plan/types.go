@@ -51,7 +51,7 @@ type Plan struct {
 	Path    string // normalised as the upstream will route it ("//a/../b" → "/b")
 	RawPath string // path exactly as received
 
-	Token      string // bearer token (never logged, never audited)
+	Token      string // capability token: authorization, or x-aisecops-token on llm routes (never logged, never audited)
 	RunID      string // x-aisecops-run-id, else Mcp-Session-Id, else trace id
 	TraceID    string // x-aisecops-trace-id, else the plan's trace_id
 	Provenance []Provenance
@@ -61,11 +61,15 @@ type Plan struct {
 
 	Source    Source
 	AgentID   string // agent_id the plan claims ("" when none); the token decides who the agent is
-	MCPMethod string // JSON-RPC method for MCP bodies ("tools/call", "initialize", …)
-	Calls     []Call // tool invocations; at most one per Check (see package doc)
+	MCPMethod string // JSON-RPC method for MCP bodies ("tools/call", "initialize", …); "batch" for a batch without a call
+	// MCPMethods is the method of every message of an MCP body in order ("" for a
+	// JSON-RPC response), so policy can see every element of a batch.
+	MCPMethods []string
+	Calls      []Call // tool invocations; at most one per Check (see package doc)
 
-	// InputHeaders lists the names of every x-aisecops-* and authorization header
-	// the request carried, for removal before the upstream.
+	// InputHeaders lists the names of every x-aisecops-* header, and of
+	// authorization except on llm routes, that the request carried: they are
+	// removed before the upstream.
 	InputHeaders []string
 
 	ContentType string

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// options are the common flags (DESIGN §1).
+type options struct {
+	home          string
+	config        string
+	policies      string
+	authzAddr     string
+	httpAddr      string
+	xdsAddr       string
+	xdsServer     string
+	redisURL      string
+	redisCluster  string
+	auditFile     string
+	auditFsync    bool
+	logLevel      string
+	checkTimeout  time.Duration
+	tokenIssuer   string
+	tokenAudience string
+	maxTokenTTL   time.Duration
+	signingKey    string
+	jwksFile      string
+	jwksURL       string
+	nodeID        string
+}
+
+func defaultHome() string {
+	if h := os.Getenv("AISECOPS_HOME"); h != "" {
+		return h
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".aisecops")
+	}
+	return ".aisecops"
+}
+
+// Token defaults shared by `aisecops token` and the verifier, so the two work
+// together with no flags.
+const (
+	defaultIssuer   = "aisecops"
+	defaultAudience = "aisecops-egress"
+)
+
+func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
+	o := &options{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.home, "home", defaultHome(), "state directory (development key, audit log, admin token)")
+	fs.StringVar(&o.config, "config", "", "routes and agents file (default: the bundled example)")
+	fs.StringVar(&o.policies, "policies", "", "Rego bundle directory (default: the bundled policies)")
+	fs.StringVar(&o.authzAddr, "authz-addr", ":9191", "ext_authz gRPC listen address")
+	fs.StringVar(&o.httpAddr, "http-addr", ":8181", "HTTP API, /metrics and health listen address")
+	fs.StringVar(&o.xdsAddr, "xds-addr", ":18000", "xDS control plane listen address")
+	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane to take agent budgets from over xDS (serve only; default: the --config file)")
+	fs.StringVar(&o.nodeID, "node-id", "aisecops-authz", "xDS node id of this authz replica")
+	fs.StringVar(&o.redisURL, "redis-url", "", "Redis URL for run state (redis:// or rediss://); default in memory")
+	fs.StringVar(&o.redisCluster, "redis-cluster", "", "comma-separated Redis Cluster nodes host:port,…")
+	fs.StringVar(&o.auditFile, "audit-file", "", "audit JSONL file (default $AISECOPS_HOME/audit.jsonl)")
+	fs.BoolVar(&o.auditFsync, "audit-fsync", false, "fsync every audit line (durable against power loss; slower)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.checkTimeout, "check-timeout", time.Second, "upper bound of a Check when Envoy sends no deadline")
+	fs.StringVar(&o.tokenIssuer, "token-issuer", defaultIssuer, "accepted (and minted) token issuer")
+	fs.StringVar(&o.tokenAudience, "token-audience", defaultAudience, "accepted (and minted) token audience")
+	fs.DurationVar(&o.maxTokenTTL, "max-token-ttl", 15*time.Minute, "maximum token lifetime (exp - iat)")
+	fs.StringVar(&o.signingKey, "signing-key", "", "PEM signing key (default: the development key in $AISECOPS_HOME)")
+	fs.StringVar(&o.jwksFile, "jwks-file", "", "JWKS file of token verification keys (besides the signing key)")
+	fs.StringVar(&o.jwksURL, "jwks-url", "", "JWKS URL of token verification keys (besides the signing key)")
+	return fs, o
+}
+
+// parseWithEnv applies AISECOPS_<NAME> environment values, then the command line.
+func parseWithEnv(fs *flag.FlagSet, args []string) error {
+	var errs []string
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "AISECOPS_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", env, err))
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return fmt.Errorf("environment: %s", strings.Join(errs, "; "))
+	}
+	return fs.Parse(args)
+}
+
+func (o *options) devKeyPath() string {
+	if o.signingKey != "" {
+		return o.signingKey
+	}
+	return filepath.Join(o.home, "dev-signing-key.pem")
+}
+
+func (o *options) auditPath() string {
+	if o.auditFile != "" {
+		return o.auditFile
+	}
+	return filepath.Join(o.home, "audit.jsonl")
+}

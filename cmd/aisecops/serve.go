@@ -1,0 +1,362 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/aisecops/aisecops-envoy/extauthz"
+	"github.com/aisecops/aisecops-envoy/extauthz/audit"
+	"github.com/aisecops/aisecops-envoy/extauthz/capability"
+	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
+	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/riskstore"
+	"github.com/aisecops/aisecops-envoy/xds/config"
+)
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// runServe runs the authz service, the control plane, or both.
+func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPlane bool) error {
+	name := map[[2]bool]string{{true, true}: "all", {true, false}: "serve", {false, true}: "xds"}[[2]bool{authz, xdsPlane}]
+	fs, o := commonFlags(name, stderr)
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.home, 0o700); err != nil {
+		return fmt.Errorf("home %s: %w", o.home, err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	start := func(name string, f func() error) {
+		wg.Go(func() {
+			if err := f(); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+
+	if xdsPlane {
+		stopXDS, err := startXDS(ctx, o, log, reg, start)
+		if err != nil {
+			return err
+		}
+		defer stopXDS()
+	}
+	if authz {
+		if err := startAuthz(ctx, o, log, reg, start, xdsPlane); err != nil {
+			return err
+		}
+	}
+	log.Info("aisecops started", "command", name, "home", o.home)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		log.Error("stopping on error", "err", err)
+	}
+	cancel()
+	wg.Wait()
+	log.Info("aisecops stopped")
+	return err
+}
+
+// startAuthz wires the decision path and its listeners.
+func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error), inProcessXDS bool) error {
+	file, raw, err := loadConfig(o.config)
+	if err != nil {
+		return err
+	}
+	dir := extauthz.NewDirectory(file, contentVersion(raw))
+	if o.config != "" && o.xdsServer == "" {
+		start("config-watch", func() error { watchConfig(ctx, o.config, dir, log); return nil })
+	}
+	if o.xdsServer != "" {
+		start("agentsync", func() error { return subscribeAgents(ctx, o, dir, log) })
+	}
+
+	engine, err := policy.New(ctx, policy.Options{Dir: o.policies, Logger: log, Registerer: reg})
+	if engine == nil {
+		return err
+	}
+	if err != nil {
+		log.Error("policy bundle not loaded: not ready, every Check is denied until a good bundle appears", "err", err)
+	}
+	if o.policies != "" {
+		start("policy-watch", func() error { engine.Watch(ctx, 2*time.Second); return nil })
+	}
+
+	signer, created, err := capability.LoadOrCreateDevKey(o.devKeyPath())
+	if o.signingKey != "" {
+		signer, err = capability.LoadSignerFile(o.signingKey)
+	}
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Warn("created a DEVELOPMENT signing key; use --signing-key or --jwks-file/--jwks-url in production", "path", o.devKeyPath(), "kid", signer.KeyID())
+	} else {
+		log.Info("token signing key", "path", o.devKeyPath(), "kid", signer.KeyID())
+	}
+	keys, err := keySource(ctx, o, signer, log, start)
+	if err != nil {
+		return err
+	}
+	verifier, err := capability.NewVerifier(capability.VerifierConfig{
+		Issuer: o.tokenIssuer, Audience: o.tokenAudience, Keys: keys, MaxLifetime: o.maxTokenTTL,
+		AcceptedPolicyVersions: engine.AcceptedPolicyVersions(),
+	})
+	if err != nil {
+		return err
+	}
+
+	store, ping, err := newStore(o)
+	if err != nil {
+		return err
+	}
+
+	alog, err := audit.Open(o.auditPath(), audit.Options{Fsync: o.auditFsync})
+	if err != nil {
+		return err
+	}
+	log.Info("audit log", "path", o.auditPath())
+	srv, err := extauthz.New(extauthz.Config{
+		Directory: dir, Store: store.(riskstore.Store), Approvals: store.(riskstore.Approvals), Nonces: store.(riskstore.Nonces),
+		Verifier: verifier, Policy: engine, Audit: alog,
+		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
+	})
+	if err != nil {
+		return err
+	}
+
+	adminToken, err := loadOrCreateSecret(filepath.Join(o.home, "admin-token"))
+	if err != nil {
+		return err
+	}
+	log.Info("admin token for approve/reject", "path", filepath.Join(o.home, "admin-token"))
+
+	gs := grpc.NewServer()
+	envoy_service_auth_v3.RegisterAuthorizationServer(gs, srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs) // so grpcurl works without proto files
+	ready := map[string]httpapi.ReadyFunc{
+		"policy": func(context.Context) error {
+			if !engine.Ready() {
+				return errors.New("policy bundle not loaded")
+			}
+			return nil
+		},
+		"store": ping,
+	}
+	start("health", func() error { trackHealth(ctx, hs, ready); return nil })
+
+	lis, err := net.Listen("tcp", o.authzAddr)
+	if err != nil {
+		return fmt.Errorf("authz listen: %w", err)
+	}
+	log.Info("ext_authz gRPC listening", "addr", lis.Addr().String())
+	start("grpc", func() error {
+		go func() {
+			<-ctx.Done()
+			hs.Shutdown()
+			stopped := make(chan struct{})
+			go func() { gs.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(10 * time.Second):
+				gs.Stop()
+			}
+		}()
+		return gs.Serve(lis)
+	})
+
+	api := httpapi.Handler(httpapi.Config{
+		Checker: srv, Approvals: store.(riskstore.Approvals), Gatherer: reg, Ready: ready,
+		AdminToken: adminToken, Logger: log,
+	})
+	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { alog.Close() })
+}
+
+func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger, start func(string, func() error), onStop func()) error {
+	hl, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("http listen: %w", err)
+	}
+	log.Info("HTTP API listening", "addr", hl.Addr().String())
+	hsrv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	start("http", func() error {
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = hsrv.Shutdown(sctx)
+			if onStop != nil {
+				onStop()
+			}
+		}()
+		if err := hsrv.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// trackHealth keeps the gRPC health service in step with readiness.
+func trackHealth(ctx context.Context, hs *health.Server, ready map[string]httpapi.ReadyFunc) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		status := healthpb.HealthCheckResponse_SERVING
+		for _, f := range ready {
+			cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			err := f(cctx)
+			cancel()
+			if err != nil {
+				status = healthpb.HealthCheckResponse_NOT_SERVING
+			}
+		}
+		hs.SetServingStatus("", status)
+		hs.SetServingStatus(envoy_service_auth_v3.Authorization_ServiceDesc.ServiceName, status)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func loadConfig(path string) (*config.File, []byte, error) {
+	raw := config.Example()
+	if path != "" {
+		var err error
+		if raw, err = os.ReadFile(path); err != nil {
+			return nil, nil, fmt.Errorf("config: %w", err)
+		}
+	}
+	name := path
+	if name == "" {
+		name = "example.yaml (bundled)"
+	}
+	f, err := config.Parse(name, raw)
+	return f, raw, err
+}
+
+// watchConfig reloads the routes file when it changes; an invalid file keeps
+// the last good configuration and says why.
+func watchConfig(ctx context.Context, path string, dir *extauthz.Directory, log *slog.Logger) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	last := dir.Version()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		f, raw, err := loadConfig(path)
+		if raw != nil && contentVersion(raw) == last {
+			continue
+		}
+		if err != nil {
+			log.Error("routes file invalid; keeping the last good configuration", "path", path, "err", err)
+			if raw != nil {
+				last = contentVersion(raw)
+			}
+			continue
+		}
+		last = contentVersion(raw)
+		dir.Set(f, last)
+		log.Info("routes file reloaded", "path", path, "version", last)
+	}
+}
+
+// keySource is the signing key itself plus any configured JWKS.
+func keySource(ctx context.Context, o *options, signer capability.Signer, log *slog.Logger, start func(string, func() error)) (capability.KeySource, error) {
+	own, err := capability.NewStaticKeys(map[string]crypto.PublicKey{signer.KeyID(): signer.Public()})
+	if err != nil {
+		return nil, err
+	}
+	sources := capability.KeySources{own}
+	if o.jwksFile != "" {
+		f, err := capability.NewJWKSFile(o.jwksFile)
+		if err != nil {
+			return nil, err
+		}
+		start("jwks-file", func() error {
+			return ignoreCanceled(f.Watch(ctx, 5*time.Second, func(err error) { log.Error("jwks file reload failed", "err", err) }))
+		})
+		sources = append(sources, f)
+	}
+	if o.jwksURL != "" {
+		u, err := capability.NewJWKSURL(capability.JWKSURLConfig{URL: o.jwksURL})
+		if err != nil {
+			return nil, err
+		}
+		start("jwks-url", func() error {
+			return ignoreCanceled(u.Run(ctx, func(err error) { log.Error("jwks url refresh failed", "err", err) }))
+		})
+		sources = append(sources, u)
+	}
+	return sources, nil
+}
+
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// loadOrCreateSecret reads a secret file, creating a random one (0600) if absent.
+func loadOrCreateSecret(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	s := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return s, nil
+}

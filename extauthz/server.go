@@ -1,0 +1,202 @@
+// Package extauthz owns the decision path: Envoy's CheckRequest in, a governed
+// CheckResponse out. A Check runs as stages with types between them —
+// CheckRequest → Plan → verified token → findings → run state → risk →
+// policy decision → commit → audit → CheckResponse — and every failure of any
+// stage is an explicit deny with a stable reason code and one audit line, never
+// a gRPC error. The package decides; it does not own parsing details, token
+// cryptography, Rego, run-state storage or inspection, which live in its
+// subpackages and in riskstore behind the small interfaces declared here.
+package extauthz
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"time"
+
+	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/audit"
+	"github.com/aisecops/aisecops-envoy/extauthz/capability"
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
+	"github.com/aisecops/aisecops-envoy/riskstore"
+	"github.com/aisecops/aisecops-envoy/xds/config"
+)
+
+// TokenVerifier verifies capability tokens.
+type TokenVerifier interface {
+	Verify(ctx context.Context, raw string, now time.Time) (*capability.Claims, error)
+	CheckRoute(c *capability.Claims, routeTool string) error
+}
+
+// PolicyEngine evaluates the Rego bundle.
+type PolicyEngine interface {
+	Eval(ctx context.Context, in *policy.Input) (policy.Decision, error)
+	Version() string
+	Escalation() []risk.EscalationRule
+	Ready() bool
+}
+
+// Inspector inspects the outbound request for secrets, PII, destinations and
+// injected instructions. Its error is a deny (reason.EgressBlocked).
+type Inspector interface {
+	Inspect(p *plan.Plan, tool config.Tool, untrustedContext bool) ([]policy.Finding, error)
+}
+
+// Config wires a Server. Logger, Registerer and Clock are passed in so tests
+// run in parallel with their own.
+type Config struct {
+	Directory *Directory
+	Store     riskstore.Store
+	Approvals riskstore.Approvals
+	Nonces    riskstore.Nonces
+	Verifier  TokenVerifier
+	Policy    PolicyEngine
+	Inspector Inspector // nil: no egress inspection
+	Audit     audit.Sink
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Clock      func() time.Time
+
+	// CheckTimeout bounds a Check when Envoy sent no deadline (default 1s).
+	CheckTimeout time.Duration
+	RunTTL       time.Duration // idle lifetime of a run's state (default 24h)
+	ApprovalTTL  time.Duration // lifetime of an approval request (default 1h)
+	Plan         plan.Options
+}
+
+// Server implements envoy.service.auth.v3.Authorization.
+type Server struct {
+	envoy_service_auth_v3.UnimplementedAuthorizationServer
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+}
+
+var _ envoy_service_auth_v3.AuthorizationServer = (*Server)(nil)
+
+// New returns a Server. Every collaborator in cfg except Inspector is required.
+func New(cfg Config) (*Server, error) {
+	var missing []string
+	for name, v := range map[string]any{"Directory": cfg.Directory, "Store": cfg.Store, "Approvals": cfg.Approvals,
+		"Nonces": cfg.Nonces, "Verifier": cfg.Verifier, "Policy": cfg.Policy, "Audit": cfg.Audit} {
+		if v == nil || isNilPtr(v) {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, errors.New("extauthz: missing " + joinSorted(missing))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.CheckTimeout <= 0 {
+		cfg.CheckTimeout = time.Second
+	}
+	if cfg.RunTTL <= 0 {
+		cfg.RunTTL = riskstore.DefaultTTL
+	}
+	if cfg.ApprovalTTL <= 0 {
+		cfg.ApprovalTTL = time.Hour
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer)}, nil
+}
+
+// Ready reports whether Checks can be allowed (policy loaded).
+func (s *Server) Ready() bool { return s.cfg.Policy.Ready() }
+
+// Check decides one request. It never returns an error: every failure is a
+// denial in the response.
+func (s *Server) Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) (*envoy_service_auth_v3.CheckResponse, error) {
+	c := &check{req: req, start: s.cfg.Clock(), id: newID("d_")}
+	c.now = c.start
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.CheckTimeout)
+		defer cancel()
+	}
+	s.decide(ctx, c)
+	rec := c.record(s.cfg.Policy.Version(), s.cfg.Clock().Sub(c.start))
+	if err := s.cfg.Audit.Write(rec); err != nil {
+		s.metrics.auditFailures.Inc()
+		s.log.Error("audit write failed; denying", "decision_id", c.id, "err", err)
+		c.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be audited"))
+	}
+	s.observe(c)
+	return c.response(), nil
+}
+
+// decide runs the stages in order; the first that denies ends the Check.
+func (s *Server) decide(ctx context.Context, c *check) {
+	defer func() {
+		// A stage must never take the server down; a panic is an internal fault.
+		if r := recover(); r != nil {
+			s.log.Error("check panicked; denying", "decision_id", c.id, "panic", r)
+			c.fail(reason.New(reason.Internal, "internal error"))
+		}
+	}()
+	stages := []struct {
+		name string
+		run  func(context.Context, *check) *reason.Error
+	}{
+		{"plan", s.parse},
+		{"token", s.authenticate},
+		{"egress", s.inspect},
+		{"run_state", s.loadRun},
+		{"risk", s.assess},
+		{"policy", s.evaluate},
+		{"enforce", s.enforce},
+	}
+	for _, st := range stages {
+		if err := st.run(ctx, c); err != nil {
+			c.traceStage(st.name, string(err.Code))
+			c.fail(err)
+			return
+		}
+		c.traceStage(st.name, "ok")
+		if c.finished {
+			return
+		}
+	}
+}
+
+func (s *Server) observe(c *check) {
+	code := ""
+	if len(c.reasons) > 0 {
+		code = c.reasons[0].Code
+	}
+	tool := ""
+	if c.plan != nil {
+		tool = c.plan.Route.Tool
+		if c.plan.Route.RouteVersion != "" {
+			s.metrics.routeVersion.WithLabelValues(tool, c.plan.Route.RouteVersion).Set(1)
+		}
+	}
+	s.metrics.decisions.WithLabelValues(c.decision, tool, code).Inc()
+	s.metrics.latency.Observe(s.cfg.Clock().Sub(c.start).Seconds())
+	if c.assessed {
+		s.metrics.cumRisk.Observe(c.riskTotal())
+	}
+	for _, f := range c.findings {
+		s.metrics.findings.WithLabelValues(f.Detector).Add(float64(f.Count))
+	}
+	if c.exceeded != "" && c.decision == policy.Deny {
+		s.metrics.budget.WithLabelValues(c.exceeded).Inc()
+	}
+}
+
+func newID(prefix string) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return prefix + hex.EncodeToString(b[:])
+}

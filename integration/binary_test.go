@@ -1,0 +1,180 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// buildBinary builds cmd/aisecops once per test binary.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "aisecops")
+	cmd := exec.Command("go", "build", "-o", bin, "../cmd/aisecops")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestEmbeddedDefaultServesChecks runs the README's run command — `aisecops
+// all` with no flags but a fresh home and free ports — mints a token with
+// `aisecops token`, and sends Envoy's CheckRequest over gRPC.
+func TestEmbeddedDefaultServesChecks(t *testing.T) {
+	bin := buildBinary(t)
+	home := t.TempDir()
+	authzAddr, httpAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	env := append(os.Environ(), "AISECOPS_HOME="+home, "AISECOPS_AUTHZ_ADDR="+authzAddr, "AISECOPS_HTTP_ADDR="+httpAddr, "AISECOPS_XDS_ADDR="+xdsAddr)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "all")
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, &logs, &logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("aisecops logs:\n%s", logs.String())
+		}
+	})
+
+	waitReady(t, "http://"+httpAddr+"/readyz")
+	if _, err := os.Stat(filepath.Join(home, "dev-signing-key.pem")); err != nil {
+		t.Fatalf("development key not created in AISECOPS_HOME: %v", err)
+	}
+	if !strings.Contains(logs.String(), "dev-signing-key.pem") {
+		t.Error("the service did not say where it put the development key")
+	}
+
+	tokCmd := exec.Command(bin, "token", "--agent", "demo-agent", "--tool", "db.read", "--run", "run-bin")
+	tokCmd.Env = env
+	tok, err := tokCmd.Output()
+	if err != nil {
+		t.Fatalf("aisecops token: %v", err)
+	}
+
+	conn, err := grpc.NewClient(authzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "envoy.service.auth.v3.Authorization"})
+	if err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health: %v %v", hr, err)
+	}
+	client := envoy_service_auth_v3.NewAuthorizationClient(conn)
+	check := func(token string) *envoy_service_auth_v3.CheckResponse {
+		t.Helper()
+		resp, err := client.Check(ctx, &envoy_service_auth_v3.CheckRequest{Attributes: &envoy_service_auth_v3.AttributeContext{
+			Request: &envoy_service_auth_v3.AttributeContext_Request{Http: &envoy_service_auth_v3.AttributeContext_HttpRequest{
+				Id: fmt.Sprint(time.Now().UnixNano()), Method: "POST", Path: "/query", Host: "db.internal",
+				Headers: map[string]string{":method": "POST", ":path": "/query", ":authority": "db.internal",
+					"content-type": "application/json", "authorization": "Bearer " + token, "x-aisecops-run-id": "run-bin"},
+				RawBody: []byte(`{"tool":"db.read","arguments":{"table":"customers","limit":5}}`),
+			}},
+			ContextExtensions: map[string]string{"tool": "db.read", "tool_class": "read", "base_risk": "0.2", "trust": "internal", "cost": "0.01", "route_version": "it"},
+		}})
+		if err != nil {
+			t.Fatalf("Check: %v", err)
+		}
+		return resp
+	}
+	if resp := check(strings.TrimSpace(string(tok))); resp.GetOkResponse() == nil {
+		t.Fatalf("valid token denied: %s", resp.GetDeniedResponse().GetBody())
+	}
+	if resp := check("forged.token.value"); resp.GetDeniedResponse() == nil {
+		t.Fatal("forged token allowed")
+	}
+
+	metrics := get(t, "http://"+httpAddr+"/metrics")
+	if !strings.Contains(metrics, `aisecops_decisions_total{decision="allow",reason="allowed",tool="db.read"} 1`) {
+		t.Errorf("metrics lack the allow: %s", grep(metrics, "aisecops_decisions_total"))
+	}
+
+	// Graceful shutdown on SIGTERM, then the audit chain verifies.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit 15 s after SIGTERM")
+	}
+	verify := exec.Command(bin, "audit", "verify", filepath.Join(home, "audit.jsonl"))
+	if out, err := verify.CombinedOutput(); err != nil || !strings.Contains(string(out), "ok: 2 lines") {
+		t.Fatalf("audit verify: %v %s", err, out)
+	}
+}
+
+func waitReady(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			var body struct{ Ready bool }
+			_ = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if body.Ready {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready within 30 s", url)
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return b.String()
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
