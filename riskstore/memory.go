@@ -1,6 +1,7 @@
 package riskstore
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"sort"
@@ -12,14 +13,26 @@ import (
 // retries a Check within its timeout, so only recent ids matter.
 const maxRequestIDs = 4096
 
+// sweepBatch is how many expired runs one Load or Commit removes at most. More
+// than the one run a Commit can add, so a backlog of dead runs drains while
+// traffic flows, and small enough that no call pays for a mass expiry.
+const sweepBatch = 8
+
+// minNonceSweep is the nonce count below which expired nonces are left alone.
+const minNonceSweep = 1 << 16
+
 // Memory is the in-process store: the embedded default and the reference the
 // Redis store is tested against. It is safe for concurrent use.
 type Memory struct {
 	mu        sync.Mutex
 	runs      map[string]*memRun
+	expiry    runHeap // every run in runs, soonest expiry first
 	approvals map[string]memApproval
 	nonces    map[string]time.Time
-	now       func() time.Time
+	// nonceSweepAt is the nonce count that triggers the next sweep; it doubles
+	// with the live count so sweeping stays amortised O(1) per UseOnce.
+	nonceSweepAt int
+	now          func() time.Time
 }
 
 type memRun struct {
@@ -27,6 +40,31 @@ type memRun struct {
 	requests map[string]Prior
 	order    []string // request ids, oldest first
 	expires  time.Time
+	idx      int // position in Memory.expiry
+}
+
+// runHeap orders runs by expiry so the sweep finds the dead ones without
+// scanning the live ones.
+type runHeap []*memRun
+
+func (h runHeap) Len() int           { return len(h) }
+func (h runHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
+func (h runHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *runHeap) Push(x any) {
+	r := x.(*memRun)
+	r.idx = len(*h)
+	*h = append(*h, r)
+}
+func (h *runHeap) Pop() any {
+	old := *h
+	r := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	r.idx = -1
+	return r
 }
 
 type memApproval struct {
@@ -46,23 +84,36 @@ func NewMemory(now func() time.Time) *Memory {
 		now = time.Now
 	}
 	return &Memory{
-		runs:      make(map[string]*memRun),
-		approvals: make(map[string]memApproval),
-		nonces:    make(map[string]time.Time),
-		now:       now,
+		runs:         make(map[string]*memRun),
+		approvals:    make(map[string]memApproval),
+		nonces:       make(map[string]time.Time),
+		nonceSweepAt: minNonceSweep,
+		now:          now,
 	}
 }
 
+// run returns the live run runID, or nil. It first sweeps a bounded number of
+// expired runs, so runs nobody asks for again do not stay in memory.
 func (m *Memory) run(runID string) *memRun {
-	r, ok := m.runs[runID]
-	if ok && !r.expires.IsZero() && m.now().After(r.expires) {
-		delete(m.runs, runID)
-		ok = false
+	now := m.now()
+	for range sweepBatch {
+		if len(m.expiry) == 0 || !now.After(m.expiry[0].expires) {
+			break
+		}
+		dead := heap.Pop(&m.expiry).(*memRun)
+		delete(m.runs, dead.state.RunID)
 	}
-	if !ok {
+	r, ok := m.runs[runID]
+	if ok && now.After(r.expires) {
+		m.remove(r)
 		return nil
 	}
 	return r
+}
+
+func (m *Memory) remove(r *memRun) {
+	heap.Remove(&m.expiry, r.idx)
+	delete(m.runs, r.state.RunID)
 }
 
 // Load implements Store.
@@ -85,26 +136,40 @@ func (m *Memory) Commit(_ context.Context, runID string, step Step, limits Limit
 	if runID == "" {
 		return CommitResult{}, fmt.Errorf("riskstore: commit: empty run id")
 	}
+	if err := checkNumbers(step, limits); err != nil {
+		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", runID, err)
+	}
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r := m.run(runID)
+	cur := State{RunID: runID}
+	if r != nil {
+		cur = r.state
+		if p, ok := r.requests[step.RequestID]; ok && step.RequestID != "" {
+			return CommitResult{Outcome: Duplicate, State: cloneState(cur), Prior: &p}, nil
+		}
+	}
+	if step.ExpectVersion != AnyVersion && step.ExpectVersion != cur.Version {
+		return CommitResult{Outcome: Stale, State: cloneState(cur)}, nil
+	}
+	if limit := Exceeds(cur, step, limits, now); limit != "" {
+		return CommitResult{Outcome: Refused, Limit: limit, State: cloneState(cur)}, nil
+	}
+	// Only a commit creates a run: a refused or stale first step leaves nothing
+	// behind, as in Redis.
 	if r == nil {
-		r = &memRun{state: State{RunID: runID}, requests: make(map[string]Prior)}
+		r = &memRun{state: cur, requests: make(map[string]Prior), expires: m.now().Add(ttl)}
 		m.runs[runID] = r
-	}
-	if p, ok := r.requests[step.RequestID]; ok && step.RequestID != "" {
-		return CommitResult{Outcome: Duplicate, State: cloneState(r.state), Prior: &p}, nil
-	}
-	if limit := Exceeds(r.state, step, limits, now); limit != "" {
-		return CommitResult{Outcome: Refused, Limit: limit, State: cloneState(r.state)}, nil
+		heap.Push(&m.expiry, r)
 	}
 	s := &r.state
 	if s.StartedAt.IsZero() {
 		s.StartedAt = now
 	}
+	s.Version++
 	s.ToolCalls++
 	if step.Write {
 		s.WriteOps++
@@ -124,6 +189,7 @@ func (m *Memory) Commit(_ context.Context, runID string, step Step, limits Limit
 		}
 	}
 	r.expires = m.now().Add(ttl)
+	heap.Fix(&m.expiry, r.idx)
 	return CommitResult{Outcome: Committed, State: cloneState(*s)}, nil
 }
 
@@ -159,7 +225,7 @@ func cloneState(s State) State {
 func (m *Memory) CreateApproval(_ context.Context, a Approval, ttl time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.approvals[a.ID]; ok {
+	if _, ok := m.approval(a.ID); ok { // an expired approval no longer blocks its id
 		return fmt.Errorf("riskstore: approval %s: %w", a.ID, ErrConflict)
 	}
 	if a.Status == "" {
@@ -254,12 +320,13 @@ func (m *Memory) UseOnce(_ context.Context, id string, ttl time.Duration) (bool,
 		return false, nil
 	}
 	m.nonces[id] = now.Add(ttl)
-	if len(m.nonces) > 1<<16 { // sweep expired ids now and then
+	if len(m.nonces) > m.nonceSweepAt {
 		for k, exp := range m.nonces {
 			if now.After(exp) {
 				delete(m.nonces, k)
 			}
 		}
+		m.nonceSweepAt = max(minNonceSweep, 2*len(m.nonces))
 	}
 	return true, nil
 }

@@ -4,8 +4,11 @@
 //
 // A Commit checks every limit and records the step atomically, once per request
 // id, so concurrent Checks on one run and Envoy retries cannot overspend a budget
-// or debit twice. The package knows nothing of Envoy, tokens or policy, and must
-// not import any extauthz package.
+// or debit twice. A Commit can also be made conditional on the run's version
+// (compare-and-set), so a server that caches a run's state can decide without a
+// Load and still never commit a decision taken on a state that has moved: one
+// round trip per Check. The package knows nothing of Envoy, tokens or policy,
+// and must not import any extauthz package.
 package riskstore
 
 import (
@@ -67,7 +70,15 @@ type State struct {
 	StartedAt  time.Time     // zero until the run's first commit
 	Recent     []StepSummary // oldest first, at most Window entries
 	Prior      *Prior        // set by Load when the request id was already committed
+	// Version is the number of commits of the run: 0 for a run never committed
+	// (or expired), +1 per Committed step, unchanged by any other outcome. A
+	// caller that decided on a State passes its Version as Step.ExpectVersion so
+	// that the decision is committed only if nobody committed in between.
+	Version int64
 }
+
+// AnyVersion as Step.ExpectVersion commits whatever the run's version is.
+const AnyVersion int64 = -1
 
 // Step is one allowed tool call to record.
 type Step struct {
@@ -76,15 +87,28 @@ type Step struct {
 	Summary    StepSummary
 	Write      bool
 	CostMicros int64
+	// ExpectVersion is the State.Version the step was decided on. If the run's
+	// version differs, Commit changes nothing and answers Stale with the current
+	// State, so the caller can decide again without another round trip.
+	//
+	// The zero value means version 0, "decided on an empty run": it is not a
+	// wildcard. A caller that does not decide on a State it read passes
+	// AnyVersion. Any other negative value is an error.
+	ExpectVersion int64
 }
 
 // Outcome of a Commit.
 type Outcome int
 
+// Outcomes are checked in this order: Duplicate, then Stale, then Refused. A
+// retry of a committed step is Duplicate even though its expected version is
+// now old; a stale decision never reports a limit, since the limits were
+// checked against a state that is gone.
 const (
 	Committed Outcome = iota + 1
 	Duplicate         // the request id was committed before; nothing changed
 	Refused           // a limit would be exceeded; nothing changed
+	Stale             // the run's version is not Step.ExpectVersion; nothing changed
 )
 
 func (o Outcome) String() string {
@@ -95,6 +119,8 @@ func (o Outcome) String() string {
 		return "duplicate"
 	case Refused:
 		return "refused"
+	case Stale:
+		return "stale"
 	}
 	return "unknown"
 }
@@ -103,8 +129,11 @@ func (o Outcome) String() string {
 type CommitResult struct {
 	Outcome Outcome
 	Limit   string // for Refused: the Budget* name of the first limit hit
-	State   State  // the run after the commit (or as it stands, when nothing changed)
-	Prior   *Prior // for Duplicate
+	// State is the whole run (counters, RiskTotal, StartedAt, Recent, Version)
+	// after the commit, or as it stands when nothing changed: what a Load would
+	// return, without Prior. A caller may decide its next step on it.
+	State State
+	Prior *Prior // for Duplicate
 }
 
 // Store is the run state seen by the authz server.
@@ -112,9 +141,10 @@ type Store interface {
 	// Load reads a run. requestID, when not empty, is looked up so that an Envoy
 	// retry of a committed Check is answered as before (State.Prior).
 	Load(ctx context.Context, runID, requestID string) (State, error)
-	// Commit records step if every limit allows it, atomically and at most once per
-	// step.RequestID. now is the Check's clock reading; ttl the run's idle lifetime.
-	// Any error means "outcome unknown": the caller must deny.
+	// Commit records step if the run is at step.ExpectVersion (unless AnyVersion)
+	// and every limit allows it, atomically, in one round trip, and at most once
+	// per step.RequestID. now is the Check's clock reading; ttl the run's idle
+	// lifetime. Any error means "outcome unknown": the caller must deny.
 	Commit(ctx context.Context, runID string, step Step, limits Limits, now time.Time, ttl time.Duration) (CommitResult, error)
 }
 
