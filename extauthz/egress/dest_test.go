@@ -1,0 +1,139 @@
+package egress
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func sendEmail(args string) Request {
+	return Request{Method: "POST", Path: "/send", Authority: "mail.example.com", RouteHost: "mail.example.com", ToolClass: "external_send",
+		ContentType: "application/json", Body: []byte(`{"agent_id":"demo-agent","tool":"send_email","arguments":` + args + `}`), Arguments: []byte(args)}
+}
+
+var emailPolicy = Policy{DestinationArgs: []string{"to", "cc", "bcc"}, Destinations: []string{"example.com"}}
+
+func hostReq(host string) Request {
+	return Request{Method: "GET", Path: "/", Authority: host, RouteHost: "api.tool.example", ToolClass: "read"}
+}
+
+func destinationCases() map[string]tcase {
+	slack := Policy{DestinationArgs: []string{"channel"}, Destinations: []string{"#contracts-internal"}}
+	contract := "CONFIDENTIAL\nMaster Services Agreement between Acme Corp and Globex (the Parties).\n" +
+		"4. Payment Terms: net 30, USD 1,250,000 per annum.\n7. Termination: either party may terminate on 90 days notice.\n" +
+		"9. Indemnification: Supplier shall indemnify Customer.\n11. Limitation of Liability: capped at fees paid.\n14. Governing Law: New York."
+	slackPost := func(channel string, maxBody int) tcase {
+		args := string(jsonBody(map[string]any{"channel": channel, "text": contract}))
+		pol := slack
+		pol.MaxBodyBytes = map[string]int{"external_send": maxBody}
+		return tcase{req: Request{Method: "POST", Path: "/api/chat.postMessage", Authority: "slack.com", RouteHost: "slack.com", ToolClass: "external_send",
+			ContentType: "application/json", Body: []byte(args), Arguments: []byte(args)}, pol: pol}
+	}
+	c35 := slackPost("#partners-external", 256)
+	c35.want = []string{"destination/destination_arg", "sensitive/classification_marker", "sensitive/contract_terms", "size/payload_size"}
+	c35ok := slackPost("#contracts-internal", 64<<10)
+	c35ok.want = []string{"sensitive/classification_marker", "sensitive/contract_terms"}
+
+	mcp := func(args map[string]any, allowed ...string) tcase {
+		b := jsonBody(mcpCall(7, args))
+		a := jsonBody(args)
+		return tcase{req: Request{Method: "POST", Path: "/mcp", Authority: "mcp.internal", RouteHost: "mcp.internal", ToolClass: "read",
+			ContentType: "application/json", Body: b, Arguments: a}, pol: Policy{AllowedHosts: allowed}}
+	}
+	c33 := mcp(map[string]any{"url": "https://api.vendor-payments.io/v2/charge", "note": "from memory: Acme's billing endpoint"})
+	c33.want = []string{"destination/url_host_not_allowed"}
+	c33ok := mcp(map[string]any{"url": "https://docs.vendor.example/page"}, "*.vendor.example")
+	c33ok.want = nil
+
+	cases := map[string]tcase{
+		"email to allowed recipient":   {req: sendEmail(`{"to":"bob@example.com","subject":"lunch","body":"Hi Bob"}`), pol: emailPolicy, want: nil},
+		"email to allowed subdomain":   {req: sendEmail(`{"to":"Bob <bob@eu.example.com>","cc":["carol@example.com"]}`), pol: emailPolicy, want: nil},
+		"case-variant argument name":   {req: sendEmail(`{"To":"attacker@external.com"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}, secrets: []string{"attacker@external.com"}},
+		"email to attacker (seed 3.1)": {req: sendEmail(`{"to":"attacker@external.com","body":"the conversation"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}, secrets: []string{"attacker@external.com"}},
+		"one bad recipient in a list":  {req: sendEmail(`{"to":"bob@example.com","cc":["eve@evil.com"]}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
+		"comma-separated recipients":   {req: sendEmail(`{"to":"bob@example.com, eve@example.com.evil.com"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
+		"lookalike domain":             {req: sendEmail(`{"to":"bob@notexample.com"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
+		"nested recipient object":      {req: sendEmail(`{"message":{"bcc":[{"name":"Eve","email":"eve@evil.com"}]}}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
+		"other email in body text":     {req: sendEmail(`{"to":"bob@example.com","body":"ask dave@partner.org"}`), pol: emailPolicy, want: []string{"pii/email"}},
+		"no arguments: read from body": {req: func() Request { r := sendEmail(`{"to":"eve@evil.com"}`); r.Arguments = nil; return r }(), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
+		"url destination arg": {req: Request{Authority: "hook.example.com", RouteHost: "hook.example.com", ToolClass: "external_send", Arguments: []byte(`{"url":"http://0x7f.1/admin"}`)},
+			pol: Policy{DestinationArgs: []string{"url"}, Destinations: []string{"example.com"}}, want: []string{"destination/destination_arg", "destination/internal_address", "destination/ip_literal"}},
+
+		"seed 3.5 contract to external channel": c35,
+		"seed 3.5 contract to allowed channel":  c35ok,
+		"seed 3.3 poisoned endpoint":            c33,
+		"seed 3.3 allowed host":                 c33ok,
+
+		"host agrees":               {req: hostReq("api.tool.example:443"), want: nil},
+		"host elsewhere":            {req: hostReq("evil.example"), want: []string{"destination/host_not_allowed"}},
+		"host vs authority":         {req: Request{Host: "evil.example", Authority: "api.tool.example", RouteHost: "api.tool.example", ToolClass: "read"}, want: []string{"destination/host_authority_mismatch", "destination/host_not_allowed"}},
+		"x-forwarded-host":          {req: Request{Authority: "api.tool.example", RouteHost: "api.tool.example", ToolClass: "read", Headers: map[string]string{"x-forwarded-host": "evil.example"}}, want: []string{"destination/host_not_allowed"}},
+		"url in path":               {req: Request{Path: "/proxy/https://evil.example/x", Authority: "api.tool.example", RouteHost: "api.tool.example", ToolClass: "read"}, want: []string{"destination/url_host_not_allowed"}},
+		"url in query percent":      {req: Request{Path: "/fetch", RawQuery: "u=https%3A%2F%2F169.254.169.254%2Flatest", Authority: "api.tool.example", RouteHost: "api.tool.example", ToolClass: "read"}, want: []string{"destination/internal_address", "destination/ip_literal"}},
+		"url with userinfo":         {req: Request{Body: []byte(`{"u":"https://api.tool.example@evil.example/"}`), Authority: "api.tool.example", RouteHost: "api.tool.example"}, want: []string{"destination/url_host_not_allowed", "pii/email"}},
+		"url to route host is fine": {req: Request{Body: []byte(`{"u":"https://api.tool.example/v1/x"}`), Authority: "api.tool.example", RouteHost: "api.tool.example"}, want: nil},
+		"escaped url":               {req: Request{Body: []byte(`{"u":"https:\/\/evil.example\/x"}`), Authority: "api.tool.example", RouteHost: "api.tool.example"}, want: []string{"destination/url_host_not_allowed"}},
+		"localhost":                 {req: hostReq("localhost:8080"), want: []string{"destination/host_not_allowed", "destination/internal_host"}},
+		"metadata name":             {req: hostReq("metadata.google.internal"), want: []string{"destination/host_not_allowed", "destination/internal_host"}},
+		"route configured on an ip": {req: Request{Authority: "10.0.0.5:8443", RouteHost: "10.0.0.5", ToolClass: "read"}, want: nil},
+	}
+	for _, h := range []string{"2130706433", "0x7f.1", "0x7f000001", "0177.0.0.1", "127.1", "127.0.0.1", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::1]",
+		"169.254.169.254", "[fd00:ec2::254]", "0xa9.0xfe.0xa9.0xfe", "2852039166", "[64:ff9b::a9fe:a9fe]", "10.1.2.3.", "0"} {
+		cases["ip literal "+h] = tcase{req: hostReq(h), want: []string{"destination/internal_address", "destination/ip_literal"}}
+		cases["ip literal in url "+h] = tcase{req: Request{Authority: "api.tool.example", RouteHost: "api.tool.example", Body: []byte(`{"callback":"http://` + h + `/x"}`)},
+			want: []string{"destination/internal_address", "destination/ip_literal"}}
+	}
+	for _, h := range []string{"8.8.8.8", "[2001:4860:4860::8888]", "134744072", "017.0.0.1", "08.8.8.8", "0x1ffffffffff"} {
+		cases["public ip literal "+h] = tcase{req: hostReq(h), want: []string{"destination/ip_literal"}}
+	}
+	return cases
+}
+
+func TestDestinations(t *testing.T) {
+	in := newTestInspector(t, Limits{})
+	for name, tc := range destinationCases() {
+		t.Run(name, func(t *testing.T) { run(t, in, name, tc) })
+	}
+}
+
+func TestParseIP(t *testing.T) {
+	cases := map[string]string{
+		"2130706433": "127.0.0.1", "0x7f.1": "127.0.0.1", "0x7f000001": "127.0.0.1", "017.0.0.1": "15.0.0.1",
+		"0177.0.0.1": "127.0.0.1", "127.1": "127.0.0.1", "127.0.1": "127.0.0.1", "[::ffff:127.0.0.1]": "::ffff:127.0.0.1",
+		"169.254.169.254": "169.254.169.254", "0xa9fea9fe": "169.254.169.254", "[fe80::1%eth0]": "fe80::1",
+		"example.com": "", "1password.com": "", "256.1.1.1": "", "1.2.3.4.5": "",
+	}
+	for in, want := range cases {
+		a, ok := parseIP(in)
+		got := ""
+		if ok {
+			got = a.String()
+		}
+		if got != want {
+			t.Errorf("parseIP(%q) = %q, want %q", in, got, want)
+		}
+	}
+	for a, want := range map[string]bool{"::ffff:127.0.0.1": true, "169.254.169.254": true, "fd00:ec2::254": true, "100.64.1.1": true, "8.8.8.8": false, "2001:db8::1": false} {
+		if got := internalAddr(netip.MustParseAddr(a)); got != want {
+			t.Errorf("internalAddr(%s) = %v, want %v", a, got, want)
+		}
+	}
+}
+
+func TestDestinationFindingLocation(t *testing.T) {
+	in := newTestInspector(t, Limits{})
+	req := sendEmail(`{"to":"attacker@external.com"}`)
+	r, err := in.Inspect(&req, &emailPolicy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := in.hash([]byte("attacker@external.com"))
+	want := []Finding{
+		{Detector: "destination_arg", Location: "arguments", Class: ClassDestination, Count: 1, Hash: h},
+		{Detector: "email", Location: "body", Class: ClassPII, Count: 1, Hash: h},
+	}
+	if diff := cmp.Diff(want, r.Findings); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
