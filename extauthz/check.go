@@ -49,8 +49,9 @@ type check struct {
 	authenticated bool
 	claims        *capability.Claims
 
-	untrusted bool
-	findings  []policy.Finding
+	untrusted         bool
+	findings          []policy.Finding
+	derivedProvenance []plan.Provenance // from the context firewall, for the audit line
 
 	state       riskstore.State
 	limits      riskstore.Limits
@@ -64,15 +65,19 @@ type check struct {
 	input       *policy.Input
 	obligations map[string]any
 
-	decision   string
-	reasons    []policy.Reason
-	status     int
-	approvalID string
-	committed  bool
-	duplicate  bool
-	totalAfter float64
-	dryRun     bool
-	finished   bool // a stage settled the decision; later stages are skipped
+	decision     string
+	reasons      []policy.Reason
+	status       int
+	approvalID   string
+	committed    bool
+	duplicate    bool
+	totalAfter   float64
+	dryRun       bool
+	finished     bool // a stage settled the decision; later stages are skipped
+	cached       bool // state came from this replica's run cache, not the store
+	jtiUsed      bool // the single-use token was spent by this Check
+	approvalUsed bool // the approval was consumed by this Check
+	redecide     bool // the state was stale: decide again on the current one
 
 	trace []traceStage
 }
@@ -95,6 +100,14 @@ func (c *check) fail(err *reason.Error) {
 	c.status = reason.HTTPStatus(err.Code)
 	c.approvalID = ""
 	c.finished = true
+}
+
+// resetDecision clears what the deciding stages produced, before they run
+// again on a fresher state.
+func (c *check) resetDecision() {
+	c.decision, c.reasons, c.status, c.obligations = "", nil, 0, nil
+	c.exceeded, c.assessed, c.consumption = "", false, nil
+	c.approval, c.input = policy.Approval{}, nil
 }
 
 func (c *check) allowDuplicate(p *riskstore.Prior) {
@@ -219,6 +232,9 @@ func (c *check) record(policyVersion string, latency time.Duration) *audit.Recor
 		r.Tool, r.ToolClass, r.RouteVersion, r.MCPMethod = p.Route.Tool, p.Route.ToolClass, p.Route.RouteVersion, p.MCPMethod
 		r.Explain = p.Explain
 		for _, l := range p.Provenance {
+			r.ContextProvenance = append(r.ContextProvenance, audit.Provenance(l))
+		}
+		for _, l := range c.derivedProvenance {
 			r.ContextProvenance = append(r.ContextProvenance, audit.Provenance(l))
 		}
 		if p.Source == plan.SourceLLM && len(p.Body) > 0 {

@@ -37,7 +37,32 @@ const (
 // seed's worked example (approval 1.2, a write budget of 10 and nothing else,
 // so B is 1.0, 1.0, 1.1) and a tiny call budget.
 var testConfig = func() []byte {
-	return append(config.Example(), []byte(`
+	withTools := strings.Replace(string(config.Example()), "\nagents:\n", `
+  - name: slack.post
+    class: external_send
+    base_risk: 0.4
+    trust: untrusted
+    cost: 0.01
+    match: {host: slack.example.com, path_prefix: /}
+    upstream: {address: slack.example.com, port: 443, tls: true}
+    destinations: ["#team-internal"]
+    destination_args: [channel]
+  - name: web.fetch
+    class: read
+    base_risk: 0.3
+    trust: neutral
+    cost: 0.01
+    match: {host: fetch.internal, path_prefix: /}
+    upstream: {address: fetch.internal, port: 8443, tls: true}
+    destinations: [api.vendor.example]
+    destination_args: [url]
+agents:
+  - id: doc-agent
+    allowed_tools: [db.read, slack.post, web.fetch, llm.openai]
+    budgets: {max_tool_calls: 50}
+    thresholds: {approval: 1.5, halt: 2.0}
+`, 1)
+	return append([]byte(withTools), []byte(`
   - id: crm-agent
     allowed_tools: [db.read, db.write, send_email]
     budgets: {max_write_operations: 10}
@@ -102,7 +127,12 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { alog.Close() })
+	inspector, err := extauthz.NewEgressInspector([]byte("test-finding-hmac-key-32-bytes!!"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := extauthz.Config{
+		Inspector: inspector,
 		Directory: extauthz.NewDirectory(f, "test"), Store: e.store, Approvals: e.store, Nonces: e.store,
 		Verifier: verifier, Policy: engine, Audit: alog, Registerer: e.reg, Clock: e.clock,
 	}
@@ -237,7 +267,14 @@ func (e *env) call(t testing.TB, agent, tool, run string, args string) req {
 		},
 		body: fmt.Sprintf(`{"agent_id":%q,"tool":%q,"arguments":%s,"trace_id":"t-%s"}`, agent, tool, args, run),
 		id:   fmt.Sprintf("req-%d", time.Now().UnixNano()),
+		host: e.host(tool),
 	}
+}
+
+// host is the host Envoy routes tool by.
+func (e *env) host(tool string) string {
+	tl, _ := e.cfgFile.Tool(tool)
+	return tl.Match.Host
 }
 
 // result is a decoded CheckResponse.

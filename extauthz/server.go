@@ -46,7 +46,7 @@ type PolicyEngine interface {
 // Inspector inspects the outbound request for secrets, PII, destinations and
 // injected instructions. Its error is a deny (reason.EgressBlocked).
 type Inspector interface {
-	Inspect(p *plan.Plan, tool config.Tool, untrustedContext bool) ([]policy.Finding, error)
+	Inspect(p *plan.Plan, tool config.Tool, untrustedContext bool) (Inspection, error)
 }
 
 // Config wires a Server. Logger, Registerer and Clock are passed in so tests
@@ -70,6 +70,11 @@ type Config struct {
 	RunTTL       time.Duration // idle lifetime of a run's state (default 24h)
 	ApprovalTTL  time.Duration // lifetime of an approval request (default 1h)
 	Plan         plan.Options
+	// RunCacheSize bounds the runs whose state this replica keeps between
+	// Checks (default 65536; negative disables the cache, so every Check
+	// reads the store first). RunCacheIdle is how long an entry lives (30s).
+	RunCacheSize int
+	RunCacheIdle time.Duration
 }
 
 // Server implements envoy.service.auth.v3.Authorization.
@@ -78,6 +83,7 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	runs    *runCache // nil when disabled
 }
 
 var _ envoy_service_auth_v3.AuthorizationServer = (*Server)(nil)
@@ -109,8 +115,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ApprovalTTL <= 0 {
 		cfg.ApprovalTTL = time.Hour
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer)}, nil
+	if cfg.RunCacheSize == 0 {
+		cfg.RunCacheSize = 1 << 16
+	}
+	if cfg.RunCacheIdle <= 0 {
+		cfg.RunCacheIdle = 30 * time.Second
+	}
+	srv := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer)}
+	if cfg.RunCacheSize > 0 {
+		srv.runs = newRunCache(cfg.RunCacheSize, cfg.RunCacheIdle)
+	}
+	return srv, nil
 }
+
+// maxRedecide bounds how often one Check re-decides because the run moved
+// under it (another replica committed first).
+const maxRedecide = 3
 
 // Ready reports whether Checks can be allowed (policy loaded).
 func (s *Server) Ready() bool { return s.cfg.Policy.Ready() }
@@ -133,10 +153,38 @@ func (s *Server) Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequ
 		c.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be audited"))
 	}
 	s.observe(c)
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.logDecision(ctx, c)
+	}
 	return c.response(), nil
 }
 
-// decide runs the stages in order; the first that denies ends the Check.
+// logDecision is the per-Check debug line: codes, counts and hashes only.
+func (s *Server) logDecision(ctx context.Context, c *check) {
+	attrs := []slog.Attr{slog.String("decision_id", c.id), slog.String("decision", c.decision), slog.Int("status", c.status)}
+	if c.plan != nil {
+		attrs = append(attrs, slog.String("tool", c.plan.Route.Tool), slog.String("run_id", c.plan.RunID))
+	}
+	codes := make([]string, len(c.reasons))
+	for i, r := range c.reasons {
+		codes[i] = r.Code
+	}
+	detectors := make([]string, len(c.findings))
+	for i, f := range c.findings {
+		detectors[i] = f.Detector + "@" + f.Location + "#" + f.Hash
+	}
+	attrs = append(attrs, slog.Any("reasons", codes), slog.Any("findings", detectors), slog.Float64("risk_total", c.riskTotal()))
+	s.log.LogAttrs(ctx, slog.LevelDebug, "check decided", attrs...)
+}
+
+type stage struct {
+	name string
+	run  func(context.Context, *check) *reason.Error
+}
+
+// decide runs the stages in order; the first that denies ends the Check. The
+// deciding stages run again, on the run's current state, when the store says
+// the state they decided on was stale.
 func (s *Server) decide(ctx context.Context, c *check) {
 	defer func() {
 		// A stage must never take the server down; a panic is an internal fault.
@@ -145,29 +193,38 @@ func (s *Server) decide(ctx context.Context, c *check) {
 			c.fail(reason.New(reason.Internal, "internal error"))
 		}
 	}()
-	stages := []struct {
-		name string
-		run  func(context.Context, *check) *reason.Error
-	}{
-		{"plan", s.parse},
-		{"token", s.authenticate},
-		{"egress", s.inspect},
-		{"run_state", s.loadRun},
-		{"risk", s.assess},
-		{"policy", s.evaluate},
-		{"enforce", s.enforce},
+	front := []stage{{"plan", s.parse}, {"token", s.authenticate}, {"egress", s.inspect}, {"run_state", s.loadRun}}
+	back := []stage{{"risk", s.assess}, {"policy", s.evaluate}, {"enforce", s.enforce}}
+	if !s.runStages(ctx, c, front) {
+		return
 	}
+	for attempt := 0; ; attempt++ {
+		c.redecide = false
+		if !s.runStages(ctx, c, back) || !c.redecide {
+			return
+		}
+		if attempt == maxRedecide {
+			c.fail(reason.New(reason.StoreUnavailable, "the run kept changing while this call was decided"))
+			return
+		}
+		c.resetDecision()
+	}
+}
+
+// runStages runs stages until one denies or settles the decision.
+func (s *Server) runStages(ctx context.Context, c *check, stages []stage) bool {
 	for _, st := range stages {
 		if err := st.run(ctx, c); err != nil {
 			c.traceStage(st.name, string(err.Code))
 			c.fail(err)
-			return
+			return false
 		}
 		c.traceStage(st.name, "ok")
 		if c.finished {
-			return
+			return false
 		}
 	}
+	return true
 }
 
 func (s *Server) observe(c *check) {

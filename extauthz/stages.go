@@ -122,23 +122,42 @@ func (s *Server) inspect(_ context.Context, c *check) *reason.Error {
 		return nil
 	}
 	tool, _ := s.cfg.Directory.Tool(c.plan.Route.Tool)
-	findings, err := s.cfg.Inspector.Inspect(c.plan, tool, c.untrusted)
-	c.findings = findings
+	ins, err := s.cfg.Inspector.Inspect(c.plan, tool, c.untrusted)
+	c.findings = ins.Findings
+	c.derivedProvenance = ins.Provenance
 	if err != nil {
 		return asReason(err, reason.EgressBlocked)
+	}
+	for _, f := range c.findings {
+		if f.Class == "injection" {
+			// Injected instructions make the whole step untrusted context,
+			// which the run remembers (AIS-CTX-01).
+			c.untrusted = true
+		}
 	}
 	return nil
 }
 
-// loadRun: → run state. A request id committed before is answered as before.
+// loadRun: → run state, from this replica's cache when it has the run, else
+// from the store. A request id committed before is answered as before.
 func (s *Server) loadRun(ctx context.Context, c *check) *reason.Error {
+	if st, ok := s.runs.get(c.plan.RunID, c.now); ok {
+		c.state, c.cached = st, true
+		return nil
+	}
+	return s.readRun(ctx, c)
+}
+
+// readRun reads the run from the store.
+func (s *Server) readRun(ctx context.Context, c *check) *reason.Error {
 	st, err := s.cfg.Store.Load(ctx, c.plan.RunID, c.idemKey)
 	if err != nil {
 		s.metrics.storeErrors.WithLabelValues("load").Inc()
 		s.log.Warn("run state load failed", "decision_id", c.id, "run_id", c.plan.RunID, "err", err)
 		return reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
 	}
-	c.state = st
+	c.state, c.cached = st, false
+	s.runs.put(c.plan.RunID, st, c.now)
 	if st.Prior != nil && !c.dryRun {
 		c.allowDuplicate(st.Prior)
 	}
@@ -166,13 +185,18 @@ func (s *Server) assess(_ context.Context, c *check) *reason.Error {
 	for i, l := range c.plan.Provenance {
 		labels[i] = l.TrustLevel
 	}
+	classes := make([]string, 0, len(c.findings))
+	for _, f := range c.findings {
+		classes = append(classes, f.Class)
+	}
 	c.factors = risk.Compute(risk.Step{BaseRisk: r.BaseRisk, Class: r.ToolClass, Trust: r.Trust, Labels: labels,
-		Consumption: c.consumption}, c.state.Recent, s.cfg.Policy.Escalation())
+		Findings: classes, Consumption: c.consumption}, c.state.Recent, s.cfg.Policy.Escalation())
 	c.step = riskstore.Step{
-		RequestID:  c.idemKey,
-		DecisionID: c.id,
-		Write:      write,
-		CostMicros: cost,
+		RequestID:     c.idemKey,
+		DecisionID:    c.id,
+		ExpectVersion: c.state.Version,
+		Write:         write,
+		CostMicros:    cost,
 		Summary: riskstore.StepSummary{Tool: r.Tool, Class: r.ToolClass, Trust: r.Trust, Untrusted: c.untrusted,
 			Risk: c.factors.Step, At: c.now},
 	}
@@ -188,7 +212,10 @@ func (s *Server) assess(_ context.Context, c *check) *reason.Error {
 
 // evaluate: everything above → the policy's decision.
 func (s *Server) evaluate(ctx context.Context, c *check) *reason.Error {
-	if id := c.plan.ApprovalID; id != "" {
+	if id := c.plan.ApprovalID; id != "" && c.approvalUsed {
+		// Consumed by this very Check before a stale commit sent it back here.
+		c.approval = policy.Approval{ID: id, Present: true, Valid: true, Status: riskstore.ApprovalApproved}
+	} else if id != "" {
 		c.approval = policy.Approval{ID: id, Present: true, Status: "unknown"}
 		if ap, err := s.cfg.Approvals.GetApproval(ctx, id); err == nil {
 			c.approval.Status = ap.Status
@@ -211,6 +238,19 @@ func (s *Server) evaluate(ctx context.Context, c *check) *reason.Error {
 // enforce: commit the allowed step, or record the approval request. Dry-run and
 // explain commit nothing.
 func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
+	if c.decision != policy.Allow && c.cached {
+		// Anything but an allow decided on cached state is confirmed against
+		// the store first: the run may have moved on another replica, or this
+		// may be Envoy retrying a request already allowed.
+		version := c.state.Version
+		if err := s.readRun(ctx, c); err != nil || c.finished {
+			return err
+		}
+		if c.state.Version != version {
+			c.redecide = true
+			return nil
+		}
+	}
 	if c.dryRun {
 		return nil
 	}
@@ -237,7 +277,7 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 		// call costs the run nothing.
 		return reason.Wrap(reason.DeadlineExceeded, err, "the check deadline passed before commit")
 	}
-	if c.claims != nil && (c.claims.SingleUse || c.obligation("consume_jti") != nil) {
+	if c.claims != nil && !c.jtiUsed && (c.claims.SingleUse || c.obligation("consume_jti") != nil) {
 		ttl := time.Until(c.claims.ExpiresAt) + time.Minute
 		first, err := s.cfg.Nonces.UseOnce(ctx, "jti:"+c.claims.ID, max(ttl, time.Minute))
 		if err != nil {
@@ -247,8 +287,9 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 		if !first {
 			return reason.New(reason.TokenReplayed, "this single-use token was used before")
 		}
+		c.jtiUsed = true // a re-decision after a stale commit must not spend it twice
 	}
-	if c.approval.Valid {
+	if c.approval.Valid && !c.approvalUsed {
 		if _, err := s.cfg.Approvals.ConsumeApproval(ctx, c.approval.ID, c.planHash); err != nil {
 			if errors.Is(err, riskstore.ErrConflict) || errors.Is(err, riskstore.ErrNotFound) {
 				return reason.New(reason.ApprovalInvalid, "the approval was already used or does not match this call")
@@ -256,6 +297,7 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 			s.metrics.storeErrors.WithLabelValues("approval_consume").Inc()
 			return reason.Wrap(reason.StoreUnavailable, err, "approval store unavailable")
 		}
+		c.approvalUsed = true
 	}
 	res, err := s.cfg.Store.Commit(ctx, c.plan.RunID, c.step, c.limits, c.now, s.cfg.RunTTL)
 	if err != nil {
@@ -263,6 +305,7 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 		s.log.Warn("run state commit failed; denying", "decision_id", c.id, "run_id", c.plan.RunID, "err", err)
 		return reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
 	}
+	s.runs.put(c.plan.RunID, res.State, c.now)
 	switch res.Outcome {
 	case riskstore.Committed:
 		c.committed = true
@@ -270,6 +313,11 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 		c.totalAfter = res.State.RiskTotal
 	case riskstore.Duplicate:
 		c.allowDuplicate(res.Prior)
+	case riskstore.Stale:
+		// Another replica (or an expiry) moved the run: decide again on the
+		// state the store returned, without reading it again.
+		c.state, c.cached, c.redecide = res.State, false, true
+		return nil
 	case riskstore.Refused:
 		c.exceeded = res.Limit
 		if res.Limit == riskstore.BudgetRisk {

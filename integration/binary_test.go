@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,27 +49,13 @@ func TestEmbeddedDefaultServesChecks(t *testing.T) {
 	home := t.TempDir()
 	authzAddr, httpAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	env := append(os.Environ(), "AISECOPS_HOME="+home, "AISECOPS_AUTHZ_ADDR="+authzAddr, "AISECOPS_HTTP_ADDR="+httpAddr, "AISECOPS_XDS_ADDR="+xdsAddr)
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "all")
-	cmd.Env, cmd.Stdout, cmd.Stderr = env, &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("aisecops logs:\n%s", logs.String())
-		}
-	})
+	all := startProc(t, bin, env, "all")
 
 	waitReady(t, "http://"+httpAddr+"/readyz")
 	if _, err := os.Stat(filepath.Join(home, "dev-signing-key.pem")); err != nil {
 		t.Fatalf("development key not created in AISECOPS_HOME: %v", err)
 	}
-	if !strings.Contains(logs.String(), "dev-signing-key.pem") {
+	if !strings.Contains(all.logs.String(), "dev-signing-key.pem") {
 		t.Error("the service did not say where it put the development key")
 	}
 
@@ -122,17 +107,7 @@ func TestEmbeddedDefaultServesChecks(t *testing.T) {
 	}
 
 	// Graceful shutdown on SIGTERM, then the audit chain verifies.
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("no exit 15 s after SIGTERM")
-	}
+	all.stop(t)
 	verify := exec.Command(bin, "audit", "verify", filepath.Join(home, "audit.jsonl"))
 	if out, err := verify.CombinedOutput(); err != nil || !strings.Contains(string(out), "ok: 2 lines") {
 		t.Fatalf("audit verify: %v %s", err, out)

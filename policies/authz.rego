@@ -300,3 +300,35 @@ deny_reasons contains {
 } if {
 	finding_class.destination
 }
+
+# Document-level sensitivity (classification markers, contract clauses) bound
+# outside: seed 3.5's contract terms sent verbatim to a chat channel.
+deny_reasons contains {
+	"code": "sensitive_egress",
+	"message": "confidential document content would leave the trust boundary",
+	"control_id": "AIS-EXE-01",
+} if {
+	finding_class.sensitive
+	external_route
+}
+
+# A payload far larger than the tool class carries is data leaving, not a call.
+approval_reasons contains {
+	"code": "payload_size",
+	"message": "the payload is unusually large for this tool; a human must confirm",
+	"control_id": "AIS-EXE-01",
+} if {
+	finding_class.size
+}
+
+# Once a run has consumed untrusted or injection-flagged context, nothing it
+# does may leave the trust boundary without a human (AIS-CTX-01).
+deny_reasons contains {
+	"code": "tainted_run_external_send",
+	"message": "the run consumed untrusted context before this external send",
+	"control_id": "AIS-CTX-01",
+} if {
+	data.aisecops.outbound_classes[tool_class]
+	some step in input.run.recent
+	step.untrusted == true
+}

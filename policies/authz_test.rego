@@ -426,3 +426,40 @@ test_escalation_data_shape if {
 	s.e == 2.0
 	data.aisecops.policy_version in data.aisecops.accepted_policy_versions
 }
+
+# ---- sensitivity, size and tainted runs -----------------------------------
+
+sensitive := {"detector": "contract_terms", "location": "body", "count": 1, "hash": "", "class": "sensitive"}
+
+oversized := {"detector": "payload_size", "location": "body", "count": 1, "hash": "", "class": "size"}
+
+test_contract_terms_to_external_denied if {
+	res := authz.result with input as object.union(with_input(send_email), {"findings": [sensitive]})
+	res.decision == "deny"
+	codes(res) == {"sensitive_egress"}
+}
+
+test_contract_terms_internal_write_allowed if {
+	res := authz.result with input as object.union(with_input(db_write), {"findings": [sensitive]})
+	res.decision == "allow"
+}
+
+test_oversized_payload_needs_approval if {
+	res := authz.result with input as object.union(base, {"findings": [oversized]})
+	res.decision == "require_approval"
+	codes(res) == {"payload_size"}
+}
+
+test_external_send_after_untrusted_step_denied if {
+	tainted := {"tool": "llm.openai", "class": "llm", "trust": "untrusted", "untrusted": true}
+	inp := object.union(with_input(send_email), {"run": {"recent": [tainted]}})
+	res := authz.result with input as inp
+	res.decision == "deny"
+	"tainted_run_external_send" in codes(res)
+}
+
+test_external_send_after_clean_steps_allowed if {
+	inp := object.union(with_input(send_email), {"run": {"recent": [internal_read_step]}})
+	res := authz.result with input as inp
+	not "tainted_run_external_send" in codes(res)
+}

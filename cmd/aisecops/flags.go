@@ -32,6 +32,9 @@ type options struct {
 	jwksFile      string
 	jwksURL       string
 	nodeID        string
+	rolloutGroups string
+	stagedRollout bool
+	adminToken    string
 }
 
 func defaultHome() string {
@@ -63,6 +66,8 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.xdsAddr, "xds-addr", ":18000", "xDS control plane listen address")
 	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane to take agent budgets from over xDS (serve only; default: the --config file)")
 	fs.StringVar(&o.nodeID, "node-id", "aisecops-authz", "xDS node id of this authz replica")
+	fs.StringVar(&o.rolloutGroups, "rollout-groups", "", "xDS rollout groups: canary=node-a,node-b;beta=node-c")
+	fs.BoolVar(&o.stagedRollout, "staged-rollout", false, "hold a new routes version until POST /v1/xds/stage/{group} or /v1/xds/promote")
 	fs.StringVar(&o.redisURL, "redis-url", "", "Redis URL for run state (redis:// or rediss://); default in memory")
 	fs.StringVar(&o.redisCluster, "redis-cluster", "", "comma-separated Redis Cluster nodes host:port,…")
 	fs.StringVar(&o.auditFile, "audit-file", "", "audit JSONL file (default $AISECOPS_HOME/audit.jsonl)")

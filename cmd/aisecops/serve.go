@@ -30,7 +30,6 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
-	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
@@ -71,15 +70,25 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 		})
 	}
 
+	adminToken, err := loadOrCreateSecret(filepath.Join(o.home, "admin-token"))
+	if err != nil {
+		return err
+	}
+	o.adminToken = adminToken
+	var extra map[string]http.Handler
 	if xdsPlane {
-		stopXDS, err := startXDS(ctx, o, log, reg, start)
-		if err != nil {
+		if extra, err = startXDS(ctx, o, log, reg, start); err != nil {
 			return err
 		}
-		defer stopXDS()
 	}
 	if authz {
-		if err := startAuthz(ctx, o, log, reg, start, xdsPlane); err != nil {
+		if err := startAuthz(ctx, o, log, reg, start, extra); err != nil {
+			return err
+		}
+	} else {
+		// The control plane alone still serves health, metrics and its status.
+		api := httpapi.Handler(httpapi.Config{Gatherer: reg, AdminToken: adminToken, Logger: log, Extra: extra})
+		if err := serveHTTP(ctx, o.httpAddr, api, log, start, nil); err != nil {
 			return err
 		}
 	}
@@ -96,7 +105,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 }
 
 // startAuthz wires the decision path and its listeners.
-func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error), inProcessXDS bool) error {
+func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error), extra map[string]http.Handler) error {
 	file, raw, err := loadConfig(o.config)
 	if err != nil {
 		return err
@@ -144,7 +153,15 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return err
 	}
 
-	store, ping, err := newStore(o)
+	store, ping, closeStore, err := newStore(o)
+	if err != nil {
+		return err
+	}
+	findingKey, err := loadOrCreateSecret(filepath.Join(o.home, "finding-key"))
+	if err != nil {
+		return err
+	}
+	inspector, err := extauthz.NewEgressInspector([]byte(findingKey))
 	if err != nil {
 		return err
 	}
@@ -155,7 +172,7 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	}
 	log.Info("audit log", "path", o.auditPath())
 	srv, err := extauthz.New(extauthz.Config{
-		Directory: dir, Store: store.(riskstore.Store), Approvals: store.(riskstore.Approvals), Nonces: store.(riskstore.Nonces),
+		Directory: dir, Store: store, Approvals: store, Nonces: store, Inspector: inspector,
 		Verifier: verifier, Policy: engine, Audit: alog,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})
@@ -163,10 +180,6 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return err
 	}
 
-	adminToken, err := loadOrCreateSecret(filepath.Join(o.home, "admin-token"))
-	if err != nil {
-		return err
-	}
 	log.Info("admin token for approve/reject", "path", filepath.Join(o.home, "admin-token"))
 
 	gs := grpc.NewServer()
@@ -206,10 +219,10 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	})
 
 	api := httpapi.Handler(httpapi.Config{
-		Checker: srv, Approvals: store.(riskstore.Approvals), Gatherer: reg, Ready: ready,
-		AdminToken: adminToken, Logger: log,
+		Checker: srv, Approvals: store, Gatherer: reg, Ready: ready,
+		AdminToken: o.adminToken, Logger: log, Extra: extra,
 	})
-	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { alog.Close() })
+	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { alog.Close(); closeStore() })
 }
 
 func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger, start func(string, func() error), onStop func()) error {

@@ -2,20 +2,121 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/aisecops/aisecops-envoy/extauthz"
+	"github.com/aisecops/aisecops-envoy/xds/agentsync"
+	"github.com/aisecops/aisecops-envoy/xds/config"
+	xdsserver "github.com/aisecops/aisecops-envoy/xds/server"
 )
 
-// startXDS starts the control plane. TODO(issue 5): wired when xds/server lands.
-func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error)) (func(), error) {
-	return func() {}, nil
+// parseGroups reads --rollout-groups "canary=node-a,node-b;beta=node-c".
+func parseGroups(s string) (map[string][]string, error) {
+	groups := map[string][]string{}
+	for _, g := range strings.Split(s, ";") {
+		if strings.TrimSpace(g) == "" {
+			continue
+		}
+		name, nodes, ok := strings.Cut(g, "=")
+		if !ok || strings.TrimSpace(name) == "" || strings.TrimSpace(nodes) == "" {
+			return nil, fmt.Errorf("--rollout-groups: %q is not name=node,node", g)
+		}
+		for _, n := range strings.Split(nodes, ",") {
+			groups[strings.TrimSpace(name)] = append(groups[strings.TrimSpace(name)], strings.TrimSpace(n))
+		}
+	}
+	return groups, nil
 }
 
-// subscribeAgents takes agent budgets from the control plane over xDS.
+// startXDS starts the control plane on --xds-addr, serving the routes file
+// (watched for changes) or the bundled example, and returns its HTTP handlers.
+func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error)) (map[string]http.Handler, error) {
+	groups, err := parseGroups(o.rolloutGroups)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := xdsserver.New(ctx, xdsserver.Options{Logger: log, Registerer: reg, Groups: groups, StagedRollout: o.stagedRollout})
+	if err != nil {
+		return nil, err
+	}
+	if o.config == "" {
+		f, err := config.Parse("example.yaml (bundled)", config.Example())
+		if err != nil {
+			return nil, err
+		}
+		if err := srv.Apply(ctx, f); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := srv.LoadFile(ctx, o.config); err != nil {
+			return nil, err // an invalid file at start has no last good snapshot to keep
+		}
+		start("xds-watch", func() error { return srv.WatchFile(ctx, o.config) })
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	lis, err := net.Listen("tcp", o.xdsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("xds listen: %w", err)
+	}
+	log.Info("xDS control plane listening", "addr", lis.Addr().String())
+	start("xds-grpc", func() error {
+		go func() {
+			<-ctx.Done()
+			stopped := make(chan struct{})
+			go func() { gs.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				gs.Stop()
+			}
+		}()
+		return gs.Serve(lis)
+	})
+	status := func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(srv.Status())
+	}
+	rollout := func(f func(r *http.Request) error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if err := f(r); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			status(w, r)
+		}
+	}
+	return map[string]http.Handler{
+		"GET /v1/xds/status": http.HandlerFunc(status),
+		"POST /v1/xds/stage/{group}": rollout(func(r *http.Request) error {
+			return srv.Stage(r.Context(), r.PathValue("group"))
+		}),
+		"POST /v1/xds/promote": rollout(func(r *http.Request) error { return srv.Promote(r.Context()) }),
+	}, nil
+}
+
+// subscribeAgents takes agent budgets and thresholds from the control plane
+// over xDS; the tools stay as the local file (or the bundled example) says.
 func subscribeAgents(ctx context.Context, o *options, dir *extauthz.Directory, log *slog.Logger) error {
-	<-ctx.Done()
-	return nil
+	err := agentsync.Subscribe(ctx, o.xdsServer, o.nodeID, func(agents []config.Agent) error {
+		dir.SetAgents(agents, fmt.Sprintf("xds-%d", time.Now().UnixNano()))
+		log.Info("agent budgets updated over xDS", "agents", len(agents))
+		return nil
+	}, log)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }

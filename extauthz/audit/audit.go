@@ -57,6 +57,7 @@ type Provenance struct {
 type Record struct {
 	TS                time.Time          `json:"ts"`
 	DecisionID        string             `json:"decision_id"`
+	Event             string             `json:"event,omitempty"` // not a Check: "token_issued", "token_refused"
 	RequestID         string             `json:"request_id,omitempty"`
 	RunID             string             `json:"run_id"`
 	TraceID           string             `json:"trace_id"`

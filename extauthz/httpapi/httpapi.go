@@ -41,8 +41,12 @@ type Config struct {
 	AdminToken string
 	Logger     *slog.Logger
 	Clock      func() time.Time
-	// Extra mounts further handlers (token service, xDS status) under their patterns.
+	// Extra mounts further handlers (xDS status and rollout) under their
+	// patterns; POST ones need the admin token.
 	Extra map[string]http.Handler
+	// Public mounts handlers that authenticate their callers themselves (the
+	// token service checks workload credentials).
+	Public map[string]http.Handler
 }
 
 // maxBody bounds every request body the API reads.
@@ -69,6 +73,12 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("POST /v1/approvals/{id}/reject", a.admin(a.decide(false)))
 	mux.HandleFunc("POST /v1/explain", a.explain)
 	for pattern, h := range cfg.Extra {
+		if strings.HasPrefix(pattern, "POST ") {
+			h = RequireAdmin(cfg.AdminToken, h) // every mutating extra is an admin action
+		}
+		mux.Handle(pattern, h)
+	}
+	for pattern, h := range cfg.Public {
 		mux.Handle(pattern, h)
 	}
 	return mux
@@ -104,17 +114,21 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
 }
 
-// admin requires the admin bearer token, compared in constant time.
-func (a *api) admin(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		want := a.cfg.AdminToken
+// RequireAdmin lets a request through to next only with the admin bearer
+// token, compared in constant time. An empty token refuses everyone.
+func RequireAdmin(token string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if want == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 			writeError(w, http.StatusUnauthorized, "this endpoint needs the admin token (Authorization: Bearer …)")
 			return
 		}
-		next(w, r)
-	}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) admin(next http.HandlerFunc) http.HandlerFunc {
+	return RequireAdmin(a.cfg.AdminToken, next).ServeHTTP
 }
 
 func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {

@@ -49,6 +49,11 @@ type headers struct {
 	partial bool     // Envoy cut the body
 	encoded bool     // a content coding other than identity
 	input   []string // authorization and x-aisecops-* names, sorted, unique
+	// others are the headers that reach the upstream as it will see them
+	// (repeated ones joined with ","), for egress inspection: not the
+	// pseudo-headers, the capability token or the x-aisecops-* inputs.
+	others   map[string]string
+	encoding string
 }
 
 func (h *headers) slot(name string) *single {
@@ -160,6 +165,18 @@ func (h *headers) add(name, value string, raw []byte, o Options) error {
 		slot.n++
 		slot.v = value
 	}
+	if name == hEncoding {
+		h.encoding = value
+	}
+	if !strings.HasPrefix(name, ":") && !strings.HasPrefix(name, inputPrefix) && name != hAuthorization {
+		if h.others == nil {
+			h.others = make(map[string]string, 8)
+		}
+		if prev, ok := h.others[name]; ok {
+			value = prev + "," + value
+		}
+		h.others[name] = value
+	}
 	return nil
 }
 
@@ -195,6 +212,8 @@ func (h *headers) apply(p *Plan, o Options, llm bool) error {
 	}
 	p.Token = tok
 	p.InputHeaders = h.input
+	p.Headers = h.others
+	p.ContentEncoding = h.encoding
 
 	ids := []struct {
 		s     single

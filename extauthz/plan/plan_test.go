@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
@@ -298,10 +299,30 @@ func TestFromCheckRequestOK(t *testing.T) {
 			if err != nil {
 				t.Fatalf("FromCheckRequest: %v", err)
 			}
-			if diff := cmp.Diff(want, got); diff != "" {
+			// Headers (what egress inspection sees) has its own test.
+			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Plan{}, "Headers")); diff != "" {
 				t.Errorf("plan (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestHeadersForInspection: the headers egress inspection sees are what the
+// upstream receives, minus the pseudo-headers, the capability token and the
+// x-aisecops-* inputs; repeated headers are joined as Envoy joins them.
+func TestHeadersForInspection(t *testing.T) {
+	r := newCheck().h("x-custom", "a").h("x-aisecops-trace-id", "t1").h("authorization", "Bearer abc.def.ghi")
+	got, err := FromCheckRequest(r.build(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{":path", ":authority", "authorization", "x-aisecops-trace-id"} {
+		if _, ok := got.Headers[h]; ok {
+			t.Errorf("%s is among the inspected headers", h)
+		}
+	}
+	if got.Headers["x-custom"] != "a" {
+		t.Errorf("x-custom = %q", got.Headers["x-custom"])
 	}
 }
 

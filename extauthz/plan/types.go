@@ -72,8 +72,13 @@ type Plan struct {
 	// removed before the upstream.
 	InputHeaders []string
 
-	ContentType string
-	Body        []byte // the body as Envoy sent it (raw_body preferred)
+	// Headers are the request headers that reach the upstream (lowercase names,
+	// repeated ones joined with ","), without pseudo-headers, authorization or
+	// x-aisecops-* inputs: what egress inspection looks at.
+	Headers         map[string]string
+	ContentType     string
+	ContentEncoding string
+	Body            []byte // the body as Envoy sent it (raw_body preferred)
 }
 
 // Call0 returns the plan's tool call, or a zero Call when there is none.

@@ -1,7 +1,8 @@
 // Package policy owns the policy engine: it loads a Rego bundle (the embedded
 // one from package policies, or a directory), compiles it once with restricted
-// capabilities, evaluates data.aisecops.authz.result for each Check, and swaps
-// in a new bundle atomically on reload. It also exposes the bundle's data the Go
+// capabilities, evaluates data.aisecops.authz.result for each Check and
+// data.aisecops.tokens.result for each token request, and swaps in a new bundle
+// atomically on reload. It also exposes the bundle's data the Go
 // side needs without Rego (escalation rules, accepted policy versions).
 //
 // Every failure of evaluation is an error carrying a stable reason code
@@ -33,7 +34,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/policies"
 )
 
-// Query is the one query the engine evaluates.
+// Query is the query the engine evaluates for each Check.
 const Query = "data.aisecops.authz.result"
 
 // Options configure an Engine.
@@ -234,8 +235,19 @@ func (e *Engine) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 }
 
 func (c *compiled) eval(ctx context.Context, input rego.EvalOption) (Decision, error) {
+	rs, err := run(ctx, c.query, input)
+	if err != nil {
+		return Decision{}, err
+	}
+	return decodeResult(rs)
+}
+
+// run evaluates one prepared query under ctx's deadline. Its errors carry
+// PolicyTimeout (ctx ended first) or PolicyError (the evaluation failed);
+// checking the shape of the result set is the caller's job.
+func run(ctx context.Context, q rego.PreparedEvalQuery, input rego.EvalOption) (rego.ResultSet, error) {
 	if err := ctx.Err(); err != nil {
-		return Decision{}, reason.Wrap(reason.PolicyTimeout, err, "policy evaluation timed out")
+		return nil, reason.Wrap(reason.PolicyTimeout, err, "policy evaluation timed out")
 	}
 	opts := []rego.EvalOption{input}
 	if ctx.Done() != nil {
@@ -246,14 +258,14 @@ func (c *compiled) eval(ctx context.Context, input rego.EvalOption) (Decision, e
 		defer stop()
 		opts = append(opts, rego.EvalExternalCancel(cancel))
 	}
-	rs, err := c.query.Eval(ctx, opts...)
+	rs, err := q.Eval(ctx, opts...)
 	if err != nil {
 		if topdown.IsCancel(err) || ctx.Err() != nil {
-			return Decision{}, reason.Wrap(reason.PolicyTimeout, err, "policy evaluation timed out")
+			return nil, reason.Wrap(reason.PolicyTimeout, err, "policy evaluation timed out")
 		}
-		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy evaluation failed")
+		return nil, reason.Wrap(reason.PolicyError, err, "policy evaluation failed")
 	}
-	return decodeResult(rs)
+	return rs, nil
 }
 
 // denyFor is the Decision returned with err, so a caller that drops the error
@@ -272,4 +284,3 @@ func denyFor(err error) Decision {
 // calculator (DESIGN §5); it is the calculator's own type, so the server hands
 // the loaded rules over without converting them on every Check.
 type EscalationRule = risk.EscalationRule
-

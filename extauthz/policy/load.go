@@ -28,6 +28,7 @@ const maxBundleBytes = 16 << 20
 // compiled is one loaded, prepared bundle. It is immutable once published.
 type compiled struct {
 	query      rego.PreparedEvalQuery
+	tokenQuery rego.PreparedEvalQuery // TokenQuery; undefined (so policy_error) in a bundle without it
 	version    string
 	hash       string
 	escalation []EscalationRule
@@ -129,19 +130,27 @@ func load(ctx context.Context, fsys fs.FS) (c *compiled, key string, err error) 
 	if err := c.readData(b.Data); err != nil {
 		return nil, hash, err
 	}
-	q, err := rego.New(
-		rego.Query(Query),
+	if c.query, err = prepare(ctx, Query, b, caps); err != nil {
+		return nil, hash, err
+	}
+	if c.tokenQuery, err = prepare(ctx, TokenQuery, b, caps); err != nil {
+		return nil, hash, err
+	}
+	return c, hash, nil
+}
+
+// prepare compiles query against b with the restricted capabilities and strict
+// builtin errors (a type error in a builtin must fail the evaluation, not make a
+// deny rule silently undefined).
+func prepare(ctx context.Context, query string, b *bundle.Bundle, caps *ast.Capabilities) (rego.PreparedEvalQuery, error) {
+	return rego.New(
+		rego.Query(query),
 		rego.ParsedBundle("aisecops", b),
 		rego.Capabilities(caps),
 		rego.SetRegoVersion(ast.RegoV1),
 		rego.StoreReadAST(true),
 		rego.StrictBuiltinErrors(true),
 	).PrepareForEval(ctx)
-	if err != nil {
-		return nil, hash, err
-	}
-	c.query = q
-	return c, hash, nil
 }
 
 // readData takes data.aisecops.{policy_version, accepted_policy_versions,

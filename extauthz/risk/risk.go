@@ -25,6 +25,19 @@ const (
 	MinB, MaxB = 1.0, 2.0
 )
 
+// FindingE is the escalation a finding class brings to its step: a secret in
+// the payload is as grave as an exec after a sensitive read; personal data,
+// confidential documents and off-route destinations less so. 1 for the rest.
+func FindingE(class string) float64 {
+	switch class {
+	case "secret":
+		return 2.0
+	case "pii", "sensitive", "destination":
+		return 1.5
+	}
+	return MinE
+}
+
 // EscalationRule raises E when a step of a class in When follows, within the
 // run's recent window, a step of a class in After whose trust is in AfterTrust
 // (empty AfterTrust matches any trust). Rules live in the policy bundle's data.
@@ -42,6 +55,11 @@ type Step struct {
 	Class    string
 	Trust    string   // the route's trust: internal | neutral | untrusted
 	Labels   []string // provenance trust levels of the context behind the call
+	// Findings are the classes of the step's egress findings (secret, pii,
+	// sensitive, destination, injection, size). DESIGN §5 lets them raise the
+	// factors: injected instructions make the context untrusted (T = 2); data
+	// that should not leave escalates E (FindingE).
+	Findings []string
 	// Consumption is each budget's consumption ratio including this step.
 	Consumption map[string]float64
 }
@@ -61,6 +79,15 @@ func Compute(s Step, recent []riskstore.StepSummary, rules []EscalationRule) Fac
 	f := Factors{RStep: s.BaseRisk, E: MinE, T: Trust(s.Trust), B: MinB}
 	for _, l := range s.Labels {
 		f.T = math.Max(f.T, LabelTrust(l))
+	}
+	for _, class := range s.Findings {
+		if class == "injection" {
+			f.T = TUntrusted
+		}
+		if e := FindingE(class); e > f.E {
+			f.E = e
+			f.Escalations = append(f.Escalations, "finding:"+class)
+		}
 	}
 	for _, r := range rules {
 		if !slices.Contains(r.When, s.Class) {

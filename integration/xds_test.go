@@ -1,0 +1,99 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/aisecops/aisecops-envoy/xds/config"
+)
+
+// TestBudgetChangeReachesAuthzOverXDS: `aisecops xds` serves a routes file;
+// `aisecops serve --xds-server` takes the agents' budgets from it over ADS.
+// Editing the file's budget changes the replica's next decision.
+func TestBudgetChangeReachesAuthzOverXDS(t *testing.T) {
+	bin := buildBinary(t)
+	home := t.TempDir()
+	routes := filepath.Join(t.TempDir(), "routes.yaml")
+	writeBudget := func(calls int) {
+		data := strings.Replace(string(config.Example()), "max_tool_calls: 50", fmt.Sprintf("max_tool_calls: %d", calls), 1)
+		tmp := routes + ".tmp"
+		if err := os.WriteFile(tmp, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, routes); err != nil { // as editors and ConfigMaps do
+			t.Fatal(err)
+		}
+	}
+	writeBudget(50)
+	xdsAddr, xdsHTTP, authzAddr, httpAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	base := append(os.Environ(), "AISECOPS_HOME="+home)
+	startProc(t, bin, base, "xds", "--config", routes, "--xds-addr", xdsAddr, "--http-addr", xdsHTTP)
+	waitReady(t, "http://"+xdsHTTP+"/readyz")
+	startProc(t, bin, base, "serve", "--xds-server", xdsAddr, "--authz-addr", authzAddr, "--http-addr", httpAddr)
+	waitReady(t, "http://"+httpAddr+"/readyz")
+
+	conn, err := grpc.NewClient(authzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := envoy_service_auth_v3.NewAuthorizationClient(conn)
+	n := 0
+	check := func() (allowed bool, body string) {
+		t.Helper()
+		n++
+		tokCmd := exec.Command(bin, "token", "--agent", "demo-agent", "--tool", "db.read")
+		tokCmd.Env = base
+		tok, err := tokCmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := client.Check(ctx, &envoy_service_auth_v3.CheckRequest{Attributes: &envoy_service_auth_v3.AttributeContext{
+			Request: &envoy_service_auth_v3.AttributeContext_Request{Http: &envoy_service_auth_v3.AttributeContext_HttpRequest{
+				Id: fmt.Sprintf("xds-%d", n), Method: "POST", Path: "/query", Host: "db.internal",
+				Headers: map[string]string{":method": "POST", ":path": "/query", ":authority": "db.internal",
+					"content-type": "application/json", "authorization": "Bearer " + strings.TrimSpace(string(tok)), "x-aisecops-run-id": "run-xds"},
+				RawBody: []byte(fmt.Sprintf(`{"tool":"db.read","arguments":{"table":"t","n":%d}}`, n)),
+			}},
+			ContextExtensions: map[string]string{"tool": "db.read", "tool_class": "read", "base_risk": "0.01", "trust": "internal", "cost": "0", "route_version": "it"},
+		}})
+		if err != nil {
+			t.Fatalf("Check: %v", err)
+		}
+		return resp.GetOkResponse() != nil, resp.GetDeniedResponse().GetBody()
+	}
+	if ok, body := check(); !ok {
+		t.Fatalf("first call denied under a budget of 50: %s", body)
+	}
+	writeBudget(1) // one call already spent: the next one is over budget
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok, body := check()
+		if !ok {
+			if !strings.Contains(body, "budget_exceeded") {
+				t.Fatalf("denied for another reason: %s", body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the budget change did not reach the authz replica within 20 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	status := get(t, "http://"+xdsHTTP+"/v1/xds/status")
+	if !strings.Contains(status, "aisecops-authz") {
+		t.Errorf("xds status does not list the authz replica: %s", status)
+	}
+}
