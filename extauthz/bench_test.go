@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
 // BenchmarkCheck is the whole decision path in-process: parse a 1 KB MCP
@@ -16,12 +14,6 @@ import (
 //
 //	go test ./extauthz -run '^$' -bench BenchmarkCheck -benchmem
 func BenchmarkCheck(b *testing.B) {
-	testConfig = append(config.Example(), []byte(`
-  - id: bench-agent
-    allowed_tools: [docs.search]
-    budgets: {}
-    thresholds: {approval: 1000000000, halt: 2000000000}
-`)...)
 	e := newEnv(b)
 	tok := e.token(b, "bench-agent", "docs.search")
 	query := strings.Repeat("customer churn analysis for Q3 accounts; ", 22)

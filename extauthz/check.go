@@ -78,6 +78,7 @@ type check struct {
 	jtiUsed      bool // the single-use token was spent by this Check
 	approvalUsed bool // the approval was consumed by this Check
 	redecide     bool // the state was stale: decide again on the current one
+	lastAttempt  bool // commit without the version check (see maxRedecide)
 
 	trace []traceStage
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/riskstore"
+	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
@@ -71,25 +72,71 @@ agents:
     allowed_tools: [db.read]
     budgets: {max_tool_calls: 3}
     thresholds: {approval: 100, halt: 200}
+  - id: burst-agent
+    allowed_tools: [db.read]
+    budgets: {max_tool_calls: 15}
+    thresholds: {approval: 1000, halt: 2000}
+  - id: bench-agent
+    allowed_tools: [docs.search]
+    budgets: {}
+    thresholds: {approval: 1000000000, halt: 2000000000}
 `)...)
 }()
 
 // env is one authz server behind a real gRPC listener, with real components:
 // the OPA engine on the bundled policies, the in-memory store, an audit file.
 type env struct {
-	t       *testing.T
-	signer  capability.Signer
-	client  envoy_service_auth_v3.AuthorizationClient
-	store   *riskstore.Memory
-	audit   string
-	now     time.Time
-	mu      sync.Mutex
-	reg     *prometheus.Registry
-	srv     *extauthz.Server
-	cfgFile *config.File
+	t        *testing.T
+	signer   capability.Signer
+	client   envoy_service_auth_v3.AuthorizationClient
+	store    runStore
+	audit    string
+	now      time.Time
+	mu       sync.Mutex
+	reg      *prometheus.Registry
+	verifier *capability.Verifier
+	srv      *extauthz.Server
+	cfgFile  *config.File
 }
 
 type envOption func(*extauthz.Config)
+
+// runStore is a run-state store as the tests use it.
+type runStore interface {
+	riskstore.Store
+	riskstore.Approvals
+	riskstore.Nonces
+}
+
+// sharing makes a second replica of a: the same store and the same token keys.
+func sharing(a *env) envOption {
+	return func(c *extauthz.Config) {
+		withStore(a.store)(c)
+		c.Verifier = a.verifier
+	}
+}
+
+// withStore runs the server on s.
+func withStore(s runStore) envOption {
+	return func(c *extauthz.Config) { c.Store, c.Approvals, c.Nonces = s, s, s }
+}
+
+// forEachStore runs f on the in-memory store and on a real Redis, which must
+// give the same answers (the tests start their own redis-server).
+func forEachStore(t *testing.T, f func(t *testing.T, store envOption)) {
+	t.Run("memory", func(t *testing.T) { f(t, func(*extauthz.Config) {}) })
+	t.Run("redis", func(t *testing.T) { f(t, withStore(newRedisStore(t, redistest.StartServer(t)))) })
+}
+
+func newRedisStore(t testing.TB, srv *redistest.Server) *riskstore.Redis {
+	t.Helper()
+	r, err := riskstore.NewRedis(riskstore.RedisOptions{URL: "redis://" + srv.Addr(), OpTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
 
 func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
@@ -116,7 +163,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{signer: signer, audit: filepath.Join(dir, "audit.jsonl"), now: time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC),
+	e := &env{signer: signer, verifier: verifier, audit: filepath.Join(dir, "audit.jsonl"), now: time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC),
 		reg: prometheus.NewRegistry(), cfgFile: f}
 	if tt, ok := t.(*testing.T); ok {
 		e.t = tt
@@ -138,6 +185,9 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if rs, ok := cfg.Store.(runStore); ok {
+		e.store = rs
 	}
 	srv, err := extauthz.New(cfg)
 	if err != nil {

@@ -35,6 +35,11 @@ type TokenVerifier interface {
 	CheckRoute(c *capability.Claims, routeTool string) error
 }
 
+// Revocations says whether a verified token was revoked (by jti or agent).
+type Revocations interface {
+	Check(c *capability.Claims) error
+}
+
 // PolicyEngine evaluates the Rego bundle.
 type PolicyEngine interface {
 	Eval(ctx context.Context, in *policy.Input) (policy.Decision, error)
@@ -52,14 +57,15 @@ type Inspector interface {
 // Config wires a Server. Logger, Registerer and Clock are passed in so tests
 // run in parallel with their own.
 type Config struct {
-	Directory *Directory
-	Store     riskstore.Store
-	Approvals riskstore.Approvals
-	Nonces    riskstore.Nonces
-	Verifier  TokenVerifier
-	Policy    PolicyEngine
-	Inspector Inspector // nil: no egress inspection
-	Audit     audit.Sink
+	Directory   *Directory
+	Store       riskstore.Store
+	Approvals   riskstore.Approvals
+	Nonces      riskstore.Nonces
+	Verifier    TokenVerifier
+	Policy      PolicyEngine
+	Inspector   Inspector   // nil: no egress inspection
+	Revocations Revocations // nil: nothing is revoked
+	Audit       audit.Sink
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -129,8 +135,10 @@ func New(cfg Config) (*Server, error) {
 }
 
 // maxRedecide bounds how often one Check re-decides because the run moved
-// under it (another replica committed first).
-const maxRedecide = 3
+// under it (another replica committed first). The last decision commits
+// without the version check: the store still enforces every budget and the
+// halt threshold atomically, so a hot run makes progress and stays exact.
+const maxRedecide = 1
 
 // Ready reports whether Checks can be allowed (policy loaded).
 func (s *Server) Ready() bool { return s.cfg.Policy.Ready() }
@@ -200,11 +208,12 @@ func (s *Server) decide(ctx context.Context, c *check) {
 	}
 	for attempt := 0; ; attempt++ {
 		c.redecide = false
+		c.lastAttempt = attempt == maxRedecide
 		if !s.runStages(ctx, c, back) || !c.redecide {
 			return
 		}
-		if attempt == maxRedecide {
-			c.fail(reason.New(reason.StoreUnavailable, "the run kept changing while this call was decided"))
+		if c.lastAttempt {
+			c.fail(reason.New(reason.Internal, "the run state kept changing while this call was decided"))
 			return
 		}
 		c.resetDecision()

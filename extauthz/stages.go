@@ -50,6 +50,11 @@ func (s *Server) authenticate(ctx context.Context, c *check) *reason.Error {
 		if err := s.cfg.Verifier.CheckRoute(claims, p.Route.Tool); err != nil {
 			return asReason(err, reason.TokenToolMismatch)
 		}
+		if s.cfg.Revocations != nil {
+			if err := s.cfg.Revocations.Check(claims); err != nil {
+				return asReason(err, reason.TokenRevoked)
+			}
+		}
 		c.claims = claims
 		c.agentID = claims.AgentID
 		c.authenticated = true
@@ -298,6 +303,9 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 			return reason.Wrap(reason.StoreUnavailable, err, "approval store unavailable")
 		}
 		c.approvalUsed = true
+	}
+	if c.lastAttempt {
+		c.step.ExpectVersion = riskstore.AnyVersion
 	}
 	res, err := s.cfg.Store.Commit(ctx, c.plan.RunID, c.step, c.limits, c.now, s.cfg.RunTTL)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/aisecops/aisecops-envoy/extauthz/tokenservice"
 	"io"
 	"os"
 	"path/filepath"
@@ -35,6 +36,12 @@ type options struct {
 	rolloutGroups string
 	stagedRollout bool
 	adminToken    string
+
+	workloadIssuer   string
+	workloadAudience string
+	workloadJWKSURL  string
+	workloadJWKSFile string
+	revocationsFile  string
 }
 
 func defaultHome() string {
@@ -66,6 +73,11 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.xdsAddr, "xds-addr", ":18000", "xDS control plane listen address")
 	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane to take agent budgets from over xDS (serve only; default: the --config file)")
 	fs.StringVar(&o.nodeID, "node-id", "aisecops-authz", "xDS node id of this authz replica")
+	fs.StringVar(&o.workloadIssuer, "workload-issuer", "", "issuer of workload credentials for POST /v1/tokens (empty: development credentials from `aisecops token --workload`)")
+	fs.StringVar(&o.workloadAudience, "workload-audience", tokenservice.DevWorkloadAudience, "audience of workload credentials")
+	fs.StringVar(&o.workloadJWKSURL, "workload-jwks-url", "", "JWKS URL of the workload credential issuer (e.g. the Kubernetes API server's)")
+	fs.StringVar(&o.workloadJWKSFile, "workload-jwks-file", "", "JWKS file of the workload credential issuer")
+	fs.StringVar(&o.revocationsFile, "revocations-file", "", "JSON file of revoked token ids and agents (reloaded on change)")
 	fs.StringVar(&o.rolloutGroups, "rollout-groups", "", "xDS rollout groups: canary=node-a,node-b;beta=node-c")
 	fs.BoolVar(&o.stagedRollout, "staged-rollout", false, "hold a new routes version until POST /v1/xds/stage/{group} or /v1/xds/promote")
 	fs.StringVar(&o.redisURL, "redis-url", "", "Redis URL for run state (redis:// or rediss://); default in memory")

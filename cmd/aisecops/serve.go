@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/aisecops/aisecops-envoy/extauthz/revocation"
+	"github.com/aisecops/aisecops-envoy/extauthz/tokenservice"
 	"io"
 	"log/slog"
 	"net"
@@ -171,8 +173,22 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return err
 	}
 	log.Info("audit log", "path", o.auditPath())
+	revs, err := revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
+	if err != nil {
+		return err
+	}
+	if o.revocationsFile != "" {
+		start("revocations-watch", func() error {
+			return ignoreCanceled(revs.Watch(ctx, 2*time.Second, func(err error) { log.Error("revocation file reload failed", "err", err) }))
+		})
+	}
+	tokens, err := newTokenService(ctx, o, signer, dir, engine, alog, log, reg, start)
+	if err != nil {
+		return err
+	}
 	srv, err := extauthz.New(extauthz.Config{
-		Directory: dir, Store: store, Approvals: store, Nonces: store, Inspector: inspector,
+		Revocations: revs,
+		Directory:   dir, Store: store, Approvals: store, Nonces: store, Inspector: inspector,
 		Verifier: verifier, Policy: engine, Audit: alog,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})
@@ -221,6 +237,11 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	api := httpapi.Handler(httpapi.Config{
 		Checker: srv, Approvals: store, Gatherer: reg, Ready: ready,
 		AdminToken: o.adminToken, Logger: log, Extra: extra,
+		Public: map[string]http.Handler{
+			"POST /v1/tokens":            tokens.Handler(),
+			"/v1/revocations":            revs.Handler(o.adminToken),
+			"GET /.well-known/jwks.json": jwksHandler(signer),
+		},
 	})
 	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { alog.Close(); closeStore() })
 }
@@ -354,6 +375,68 @@ func ignoreCanceled(err error) error {
 		return nil
 	}
 	return err
+}
+
+// newTokenService is POST /v1/tokens: workload credential in, capability token
+// out, as the bundle's tokens policy decides.
+func newTokenService(ctx context.Context, o *options, signer capability.Signer, dir *extauthz.Directory, engine *policy.Engine,
+	alog audit.Sink, log *slog.Logger, reg prometheus.Registerer, start func(string, func() error)) (*tokenservice.Service, error) {
+	var wv tokenservice.WorkloadVerifier
+	if o.workloadIssuer == "" {
+		dev, err := tokenservice.DevWorkloadVerifier(signer)
+		if err != nil {
+			return nil, err
+		}
+		wv = dev
+		log.Warn("token service accepts DEVELOPMENT workload credentials (aisecops token --workload); set --workload-issuer in production")
+	} else {
+		var keys capability.KeySource
+		switch {
+		case o.workloadJWKSFile != "":
+			f, err := capability.NewJWKSFile(o.workloadJWKSFile)
+			if err != nil {
+				return nil, err
+			}
+			start("workload-jwks-file", func() error {
+				return ignoreCanceled(f.Watch(ctx, 5*time.Second, func(err error) { log.Error("workload jwks reload failed", "err", err) }))
+			})
+			keys = f
+		case o.workloadJWKSURL != "":
+			u, err := capability.NewJWKSURL(capability.JWKSURLConfig{URL: o.workloadJWKSURL})
+			if err != nil {
+				return nil, err
+			}
+			start("workload-jwks-url", func() error {
+				return ignoreCanceled(u.Run(ctx, func(err error) { log.Error("workload jwks refresh failed", "err", err) }))
+			})
+			keys = u
+		default:
+			return nil, errors.New("--workload-issuer needs --workload-jwks-file or --workload-jwks-url")
+		}
+		v, err := capability.NewWorkloadVerifier(capability.WorkloadConfig{Issuer: o.workloadIssuer, Audience: o.workloadAudience, Keys: keys})
+		if err != nil {
+			return nil, err
+		}
+		wv = v
+	}
+	return tokenservice.New(tokenservice.Config{
+		Signer: signer, Issuer: o.tokenIssuer, Audience: o.tokenAudience, MaxTTL: o.maxTokenTTL,
+		Workload: wv, AgentLookup: dir.Agent, ToolLookup: dir.Tool,
+		Policy: engine, Audit: alog, PolicyVersion: engine.Version, Logger: log, Registerer: reg,
+	})
+}
+
+// jwksHandler publishes the token signing key, for verifiers elsewhere.
+func jwksHandler(signer capability.Signer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		data, err := capability.PublicJWKS(signer)
+		if err != nil {
+			http.Error(w, "jwks unavailable", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(data)
+	})
 }
 
 // loadOrCreateSecret reads a secret file, creating a random one (0600) if absent.

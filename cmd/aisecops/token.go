@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/aisecops/aisecops-envoy/extauthz/tokenservice"
 	"io"
 	"time"
 
@@ -20,13 +21,36 @@ func runToken(args []string, stdout, stderr io.Writer) error {
 	tool := fs.String("tool", "", "tool the token is for — required")
 	runID := fs.String("run", "", "bind the token to this run id")
 	scope := fs.String("scope", "", "scope claim")
-	ttl := fs.Duration("ttl", 5*time.Minute, "lifetime (capped at --max-token-ttl)")
+	ttlFlag := fs.Duration("ttl", 5*time.Minute, "lifetime (capped at --max-token-ttl)")
+	ttl := ttlFlag
 	singleUse := fs.Bool("single-use", false, "the token may be used once")
 	maxRows := fs.Int64("max-rows", 0, "constraints.max_rows (0: none)")
 	maxCost := fs.Float64("max-cost", 0, "constraints.max_cost (0: none)")
 	pv := fs.String("policy-version", defaultPolicyVersion, "policy_version claim")
+	workload := fs.Bool("workload", false, "mint a development WORKLOAD credential for --agent (for POST /v1/tokens) instead")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
+	}
+	if *workload {
+		if *agent == "" {
+			return fmt.Errorf("--workload needs --agent: %w", flag.ErrHelp)
+		}
+		signer, _, err := capability.LoadOrCreateDevKey(o.devKeyPath())
+		if err != nil {
+			return err
+		}
+		ttl := time.Duration(0) // the development default (1h)
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "ttl" {
+				ttl = *ttlFlag
+			}
+		})
+		tok, err := tokenservice.MintDevWorkload(signer, *agent, ttl, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, tok)
+		return nil
 	}
 	if *agent == "" || *tool == "" {
 		fs.Usage()

@@ -1,0 +1,139 @@
+package revocation
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+)
+
+// maxRequestBytes bounds a POST /v1/revocations body.
+const maxRequestBytes = 64 << 10
+
+// revokeRequest is a POST /v1/revocations body: exactly one of JTI and AgentID.
+type revokeRequest struct {
+	JTI       string    `json:"jti"`
+	ExpiresAt time.Time `json:"expires_at"` // optional, with jti: the token's exp
+	AgentID   string    `json:"agent_id"`
+	Before    time.Time `json:"before"` // optional, with agent_id: default now
+}
+
+// Handler serves the admin API:
+//
+//	POST /v1/revocations  {"jti": "…", "expires_at"?: RFC 3339}
+//	                      or {"agent_id": "…", "before"?: RFC 3339}  → 201 with the entry
+//	GET  /v1/revocations  → 200 List (file and API entries, each with its source)
+//
+// Both require Authorization: Bearer adminToken (compared in constant time);
+// an empty adminToken disables them (401), as the rest of the admin API does.
+// Mount it on the API's mux under "/v1/revocations".
+func (s *Set) Handler(adminToken string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/revocations", s.admin(adminToken, s.post))
+	mux.HandleFunc("GET /v1/revocations", s.admin(adminToken, s.get))
+	return mux
+}
+
+func (s *Set) admin(token string, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			writeError(w, http.StatusUnauthorized, "this endpoint needs the admin token (Authorization: Bearer …)")
+			return
+		}
+		next(w, r)
+	}
+}
+
+func (s *Set) get(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.List())
+}
+
+func (s *Set) post(w http.ResponseWriter, r *http.Request) {
+	req, err := decodeRevoke(r.Body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var entry any
+	if req.JTI != "" {
+		entry, err = s.RevokeJTI(req.JTI, req.ExpiresAt)
+	} else {
+		entry, err = s.RevokeAgent(req.AgentID, req.Before)
+	}
+	switch {
+	case errors.Is(err, ErrFull):
+		writeError(w, http.StatusServiceUnavailable, "the revocation list is full; add the entry to the revocation file")
+	case err != nil:
+		writeError(w, http.StatusBadRequest, err.Error())
+	default:
+		writeJSON(w, http.StatusCreated, entry)
+	}
+}
+
+func decodeRevoke(body io.Reader) (revokeRequest, error) {
+	data, err := io.ReadAll(io.LimitReader(body, maxRequestBytes+1))
+	if err != nil {
+		return revokeRequest{}, errors.New("could not read the request body")
+	}
+	if len(data) > maxRequestBytes {
+		return revokeRequest{}, errors.New("request body too large")
+	}
+	// Strict JSON first (no duplicate or case-variant keys, nothing trailing),
+	// then exact key names: encoding/json matches names case-insensitively.
+	if _, err := plan.CanonicalJSON(data); err != nil {
+		return revokeRequest{}, errors.New("the body must be one JSON object without duplicate keys")
+	}
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil || keys == nil {
+		return revokeRequest{}, errors.New("the body must be a JSON object")
+	}
+	for k := range keys {
+		switch k {
+		case "jti", "expires_at", "agent_id", "before":
+		default:
+			return revokeRequest{}, errors.New("unknown field " + strconvQuote(k))
+		}
+	}
+	var req revokeRequest
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return revokeRequest{}, errors.New("invalid request: " + err.Error())
+	}
+	if dec.More() {
+		return revokeRequest{}, errors.New("trailing data after the JSON object")
+	}
+	switch {
+	case (req.JTI == "") == (req.AgentID == ""):
+		return revokeRequest{}, errors.New("give exactly one of jti and agent_id")
+	case req.JTI != "" && !req.Before.IsZero():
+		return revokeRequest{}, errors.New("before goes with agent_id")
+	case req.AgentID != "" && !req.ExpiresAt.IsZero():
+		return revokeRequest{}, errors.New("expires_at goes with jti")
+	}
+	return req, nil
+}
+
+func strconvQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
