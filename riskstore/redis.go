@@ -186,6 +186,10 @@ func redactURLError(err error) error {
 // Close releases the connections.
 func (r *Redis) Close() error { return r.client.Close() }
 
+// AddHook attaches a go-redis hook (instrumentation: counting round trips,
+// tracing). It must be called before the store is used.
+func (r *Redis) AddHook(h redis.Hook) { r.client.AddHook(h) }
+
 // Ping reports whether Redis answers (every master, on a cluster); for /readyz.
 func (r *Redis) Ping(ctx context.Context) error {
 	var err error
