@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"io"
 	"net/http"
 	"strings"
@@ -126,14 +127,6 @@ func strconvQuote(s string) string {
 	return string(b)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
 
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
-}
+func writeError(w http.ResponseWriter, status int, msg string) { httpapi.WriteError(w, status, msg) }
