@@ -371,6 +371,18 @@ func (c *check) headersToRemove() []string {
 	return out
 }
 
+// internalDeny is the fixed 503 answer when even building a response failed.
+func internalDeny(decisionID string) *envoy_service_auth_v3.CheckResponse {
+	return &envoy_service_auth_v3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)},
+		HttpResponse: &envoy_service_auth_v3.CheckResponse_DeniedResponse{DeniedResponse: &envoy_service_auth_v3.DeniedHttpResponse{
+			Status:  &envoy_type_v3.HttpStatus{Code: envoy_type_v3.StatusCode_ServiceUnavailable},
+			Headers: []*envoy_config_core_v3.HeaderValueOption{setHeader("content-type", "application/json"), setHeader(HeaderDecision, policy.Deny)},
+			Body:    fmt.Sprintf(`{"decision":"deny","reasons":[{"code":"internal_error","message":"internal error"}],"decision_id":%q}`, decisionID),
+		}},
+	}
+}
+
 func setHeader(k, v string) *envoy_config_core_v3.HeaderValueOption {
 	return &envoy_config_core_v3.HeaderValueOption{
 		Header:       &envoy_config_core_v3.HeaderValue{Key: k, Value: v},

@@ -130,7 +130,7 @@ func forEachStore(t *testing.T, f func(t *testing.T, store envOption)) {
 
 func newRedisStore(t testing.TB, srv *redistest.Server) *riskstore.Redis {
 	t.Helper()
-	r, err := riskstore.NewRedis(riskstore.RedisOptions{URL: "redis://" + srv.Addr(), OpTimeout: 500 * time.Millisecond})
+	r, err := riskstore.NewRedis(riskstore.RedisOptions{URL: "redis://" + srv.Addr(), OpTimeout: 2 * time.Second, PoolSize: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,3 +404,8 @@ func (e *env) auditRecords(t testing.TB) []audit.Record {
 }
 
 func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+func withScope(s string) tokenOpt { return func(r *capability.MintRequest) { r.Scope = s } }
+func withMaxRows(n int64) tokenOpt {
+	return func(r *capability.MintRequest) { r.Constraints.MaxRows = &n }
+}

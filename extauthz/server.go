@@ -145,8 +145,17 @@ func (s *Server) Ready() bool { return s.cfg.Policy.Ready() }
 
 // Check decides one request. It never returns an error: every failure is a
 // denial in the response.
-func (s *Server) Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) (*envoy_service_auth_v3.CheckResponse, error) {
+func (s *Server) Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) (resp *envoy_service_auth_v3.CheckResponse, err error) {
 	c := &check{req: req, start: s.cfg.Clock(), id: newID("d_")}
+	defer func() {
+		// Last resort: a panic outside the stages (building the audit record or
+		// the response) must neither allow nor take the server down.
+		if r := recover(); r != nil {
+			s.log.Error("check panicked after deciding; denying", "decision_id", c.id, "panic", r)
+			s.metrics.auditFailures.Inc()
+			resp, err = internalDeny(c.id), nil
+		}
+	}()
 	c.now = c.start
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc

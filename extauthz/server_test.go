@@ -517,3 +517,49 @@ func TestExpiredDeadlineCommitsNothing(t *testing.T) {
 	}
 	t.Logf("late check denied with %s", res.code())
 }
+
+// TestTokenConstraintsOnUse: the token's scope and max_rows narrow the call.
+func TestTokenConstraintsOnUse(t *testing.T) {
+	e := newEnv(t)
+	tests := map[string]struct {
+		opts []tokenOpt
+		args string
+		code string // "" = allowed
+	}{
+		"in scope":                  {[]tokenOpt{withScope("project.alpha.orders")}, `{"table":"project.alpha.orders"}`, ""},
+		"under the scope":           {[]tokenOpt{withScope("project.alpha.orders")}, `{"table":"project.alpha.orders.eu"}`, ""},
+		"another resource":          {[]tokenOpt{withScope("project.alpha.orders")}, `{"table":"project.alpha.invoices"}`, "token_scope"},
+		"prefix is not containment": {[]tokenOpt{withScope("project.alpha.orders")}, `{"table":"project.alpha.ordersX"}`, "token_scope"},
+		"resource not a string":     {[]tokenOpt{withScope("project.alpha.orders")}, `{"table":["project.alpha.orders"]}`, "token_scope"},
+		"no resource argument":      {[]tokenOpt{withScope("project.alpha.orders")}, `{"query":"select 1"}`, ""},
+		"rows within max_rows":      {[]tokenOpt{withMaxRows(100)}, `{"table":"t","limit":100}`, ""},
+		"rows over max_rows":        {[]tokenOpt{withMaxRows(100)}, `{"table":"t","limit":5000}`, "token_constraint"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := e.call(t, "demo-agent", "db.read", "run-constraints-"+strings.ReplaceAll(name, " ", "-"), tc.args)
+			r.headers["authorization"] = "Bearer " + e.token(t, "demo-agent", "db.read", tc.opts...)
+			res := e.check(t, r)
+			if tc.code == "" && !res.allowed || tc.code != "" && (res.allowed || res.code() != tc.code) {
+				t.Fatalf("allowed=%v code=%s, want %q", res.allowed, res.code(), tc.code)
+			}
+		})
+	}
+}
+
+// panickingSink is an audit sink with a bug.
+type panickingSink struct{}
+
+func (panickingSink) Write(*audit.Record) error { panic("bug in the audit sink") }
+
+// TestPanicAfterDecidingDenies: a panic outside the stages neither allows nor
+// takes the server down; the next Check is served.
+func TestPanicAfterDecidingDenies(t *testing.T) {
+	e := newEnv(t, func(c *extauthz.Config) { c.Audit = panickingSink{} })
+	for range 2 {
+		res := e.check(t, e.call(t, "demo-agent", "db.read", "run-panic", ""))
+		if res.allowed || res.status != 503 || res.code() != "internal_error" {
+			t.Fatalf("panic after deciding: allowed=%v status=%d code=%s", res.allowed, res.status, res.code())
+		}
+	}
+}

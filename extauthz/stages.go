@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
@@ -70,6 +71,9 @@ func (s *Server) authenticate(ctx context.Context, c *check) *reason.Error {
 		if err := checkMaxRows(claims.Constraints.MaxRows, c.call.Arguments); err != nil {
 			return err
 		}
+		if err := checkScope(claims.Scope, c.call.Arguments); err != nil {
+			return err
+		}
 	}
 	a, ok := s.cfg.Directory.Agent(c.agentID)
 	if !ok {
@@ -115,6 +119,39 @@ func checkMaxRows(max *int64, args json.RawMessage) *reason.Error {
 		}
 		if n > float64(*max) {
 			return reason.New(reason.TokenConstraint, "argument %s exceeds the token's max_rows", name)
+		}
+	}
+	return nil
+}
+
+// scopeArgs are the argument names a tool may use for the resource it acts on.
+var scopeArgs = []string{"resource", "scope", "table", "collection", "dataset", "project"}
+
+// checkScope enforces a token's scope against the plan. A scope is a
+// dot-separated resource path (the seed's "project.alpha.orders"); the
+// resource the call names, when it names one, must be the scope or under it
+// ("project.alpha.orders.eu" is inside, "project.alpha.invoices" is not). A
+// call that names no resource argument is not narrowed by the scope: the route
+// already fixed the tool.
+func checkScope(scope string, args json.RawMessage) *reason.Error {
+	if scope == "" || len(args) == 0 {
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(args, &m) != nil {
+		return nil
+	}
+	for _, name := range scopeArgs {
+		raw, ok := m[name]
+		if !ok {
+			continue
+		}
+		var v string
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return reason.New(reason.TokenScope, "argument %s must be a resource name within the token's scope", name)
+		}
+		if v != scope && !strings.HasPrefix(v, scope+".") {
+			return reason.New(reason.TokenScope, "argument %s is outside the token's scope", name)
 		}
 	}
 	return nil
@@ -308,7 +345,15 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 		c.step.ExpectVersion = riskstore.AnyVersion
 	}
 	res, err := s.cfg.Store.Commit(ctx, c.plan.RunID, c.step, c.limits, c.now, s.cfg.RunTTL)
+	if err != nil && c.idemKey != "" && ctx.Err() == nil {
+		// The outcome is unknown (a reply lost or late). The idempotency key
+		// makes asking again safe: a commit that did land comes back as a
+		// Duplicate of this very decision instead of a second debit.
+		s.metrics.storeErrors.WithLabelValues("commit_retried").Inc()
+		res, err = s.cfg.Store.Commit(ctx, c.plan.RunID, c.step, c.limits, c.now, s.cfg.RunTTL)
+	}
 	if err != nil {
+		s.runs.drop(c.plan.RunID) // the run may have moved: read it next time
 		s.metrics.storeErrors.WithLabelValues("commit").Inc()
 		s.log.Warn("run state commit failed; denying", "decision_id", c.id, "run_id", c.plan.RunID, "err", err)
 		return reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
@@ -320,6 +365,11 @@ func (s *Server) enforce(ctx context.Context, c *check) *reason.Error {
 		c.state = res.State
 		c.totalAfter = res.State.RiskTotal
 	case riskstore.Duplicate:
+		if res.Prior != nil && res.Prior.DecisionID == c.id {
+			// Our own commit, whose reply was lost the first time.
+			c.committed, c.state, c.totalAfter = true, res.State, res.Prior.RiskTotal
+			break
+		}
 		c.allowDuplicate(res.Prior)
 	case riskstore.Stale:
 		// Another replica (or an expiry) moved the run: decide again on the
