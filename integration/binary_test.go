@@ -31,14 +31,21 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-func freeAddr(t *testing.T) string {
+// freeAddrs returns n distinct free loopback addresses. All n listeners are
+// held open until every address is known, so the kernel cannot hand the same
+// port out twice (closing each before taking the next did, once).
+func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // TestEmbeddedDefaultServesChecks runs the README's run command — `aisecops
@@ -47,7 +54,8 @@ func freeAddr(t *testing.T) string {
 func TestEmbeddedDefaultServesChecks(t *testing.T) {
 	bin := buildBinary(t)
 	home := t.TempDir()
-	authzAddr, httpAddr, xdsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 3)
+	authzAddr, httpAddr, xdsAddr := a[0], a[1], a[2]
 	env := append(os.Environ(), "AISECOPS_HOME="+home, "AISECOPS_AUTHZ_ADDR="+authzAddr, "AISECOPS_HTTP_ADDR="+httpAddr, "AISECOPS_XDS_ADDR="+xdsAddr)
 	all := startProc(t, bin, env, "all")
 

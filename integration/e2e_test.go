@@ -161,9 +161,10 @@ type world struct {
 func startWorld(t *testing.T, newFront func(w *world) func(t *testing.T, authzAddr string) string) *world {
 	t.Helper()
 	w := &world{bin: buildBinary(t), home: t.TempDir(), up: newUpstream(t), tokens: map[string]string{}}
-	w.authzAddr, w.httpAddr = freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 3)
+	w.authzAddr, w.httpAddr = a[0], a[1]
 	w.env = append(os.Environ(), "AISECOPS_HOME="+w.home, "AISECOPS_AUTHZ_ADDR="+w.authzAddr,
-		"AISECOPS_HTTP_ADDR="+w.httpAddr, "AISECOPS_XDS_ADDR="+freeAddr(t))
+		"AISECOPS_HTTP_ADDR="+w.httpAddr, "AISECOPS_XDS_ADDR="+a[2])
 
 	dir := t.TempDir()
 	_, upPort, err := net.SplitHostPort(w.up.srv.Listener.Addr().String())
@@ -822,7 +823,8 @@ func socketAddr(hostport string) (*envoy_config_core_v3.Address, error) {
 func envoyFront(w *world) func(t *testing.T, authzAddr string) string {
 	return func(t *testing.T, authzAddr string) string {
 		t.Helper()
-		listen, admin := freeAddr(t), freeAddr(t)
+		pa := freeAddrs(t, 2)
+		listen, admin := pa[0], pa[1]
 		b, err := envoyBootstrap(w.res, listen, admin, authzAddr)
 		if err != nil {
 			t.Fatal(err)

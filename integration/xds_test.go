@@ -35,7 +35,8 @@ func TestBudgetChangeReachesAuthzOverXDS(t *testing.T) {
 		}
 	}
 	writeBudget(50)
-	xdsAddr, xdsHTTP, authzAddr, httpAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 4)
+	xdsAddr, xdsHTTP, authzAddr, httpAddr := a[0], a[1], a[2], a[3]
 	base := append(os.Environ(), "AISECOPS_HOME="+home)
 	startProc(t, bin, base, "xds", "--config", routes, "--xds-addr", xdsAddr, "--http-addr", xdsHTTP)
 	waitReady(t, "http://"+xdsHTTP+"/readyz")
