@@ -199,10 +199,8 @@ deny_reasons contains {
 	"message": "execution after a read of internal data in the same run",
 	"control_id": "AIS-CAP-01",
 } if {
-	tool_class == "exec"
-	some s in input.run.recent
-	s.class == "read"
-	s.trust == "internal"
+	input.route.tool_class == "exec"
+	input.run.read_internal == true
 }
 
 # ---- 3.1 prompt injection (AIS-CTX-01) -------------------------------------
@@ -221,7 +219,7 @@ deny_reasons contains {
 	"message": "instructions injected into the context",
 	"control_id": "AIS-CTX-01",
 } if {
-	finding_class.injection
+	input.finding_classes.injection == true
 	data.aisecops.injection_deny_classes[tool_class]
 }
 
@@ -230,7 +228,7 @@ approval_reasons contains {
 	"message": "instructions injected into the context; a human must confirm",
 	"control_id": "AIS-CTX-01",
 } if {
-	finding_class.injection
+	input.finding_classes.injection == true
 	not injection_denied_here
 }
 
@@ -280,7 +278,7 @@ deny_reasons contains {
 	"message": "a secret would leave the trust boundary",
 	"control_id": "AIS-EXE-01",
 } if {
-	finding_class.secret
+	input.finding_classes.secret == true
 	external_route
 }
 
@@ -289,7 +287,7 @@ approval_reasons contains {
 	"message": "personal data would leave the trust boundary",
 	"control_id": "AIS-EXE-01",
 } if {
-	finding_class.pii
+	input.finding_classes.pii == true
 	external_route
 }
 
@@ -298,7 +296,7 @@ deny_reasons contains {
 	"message": "the destination is not allowed for this tool",
 	"control_id": "AIS-EXE-01",
 } if {
-	finding_class.destination
+	input.finding_classes.destination == true
 }
 
 # Document-level sensitivity (classification markers, contract clauses) bound
@@ -308,7 +306,7 @@ deny_reasons contains {
 	"message": "confidential document content would leave the trust boundary",
 	"control_id": "AIS-EXE-01",
 } if {
-	finding_class.sensitive
+	input.finding_classes.sensitive == true
 	external_route
 }
 
@@ -318,7 +316,7 @@ approval_reasons contains {
 	"message": "the payload is unusually large for this tool; a human must confirm",
 	"control_id": "AIS-EXE-01",
 } if {
-	finding_class.size
+	input.finding_classes.size == true
 }
 
 # Once a run has consumed untrusted or injection-flagged context, nothing it
@@ -328,7 +326,6 @@ deny_reasons contains {
 	"message": "the run consumed untrusted context before this external send",
 	"control_id": "AIS-CTX-01",
 } if {
+	input.run.tainted == true
 	data.aisecops.outbound_classes[tool_class]
-	some step in input.run.recent
-	step.untrusted == true
 }

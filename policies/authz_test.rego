@@ -51,19 +51,30 @@ internal_read_step := {"tool": "db.read", "class": "read", "trust": "internal", 
 
 with_input(patch) := object.union(base, patch)
 
+# derive adds the facts the Go side computes from the findings and the run's
+# window (finding_classes, run.tainted, run.read_internal), exactly as
+# production inputs carry them.
+derive(inp) := object.union(inp, {
+	"finding_classes": {f.class: true | some f in object.get(inp, "findings", [])},
+	"run": object.union(object.get(inp, "run", {}), {
+		"tainted": count([s | some s in object.get(inp, ["run", "recent"], []); s.untrusted == true]) > 0,
+		"read_internal": count([s | some s in object.get(inp, ["run", "recent"], []); s.class == "read"; s.trust == "internal"]) > 0,
+	}),
+})
+
 codes(res) := {r.code | some r in res.reasons}
 
 # ---- shape and defaults ----------------------------------------------------
 
 test_base_allowed if {
-	res := authz.result with input as base
+	res := authz.result with input as derive(base)
 	res.decision == "allow"
 	res.reasons == [{"code": "allowed", "message": "allowed", "control_id": "AIS-EXE-01"}]
 	res.obligations == {}
 }
 
 test_empty_input_denied if {
-	res := authz.result with input as {}
+	res := authz.result with input as derive({})
 	res.decision == "deny"
 	"agent_unknown" in codes(res)
 	"route_unconfigured" in codes(res)
@@ -76,7 +87,7 @@ test_every_reason_well_formed if {
 		"budget": {"exceeded": "max_cost"},
 		"risk": {"total": 5.0},
 	}))
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	count(res.reasons) == 6
 	every r in res.reasons {
@@ -88,7 +99,7 @@ test_every_reason_well_formed if {
 }
 
 test_unknown_tool_class_denied if {
-	res := authz.result with input as with_input({"route": {"tool_class": "teleport"}})
+	res := authz.result with input as derive(with_input({"route": {"tool_class": "teleport"}}))
 	res.decision == "deny"
 	codes(res) == {"route_unconfigured"}
 }
@@ -96,57 +107,57 @@ test_unknown_tool_class_denied if {
 # ---- identity and capability -----------------------------------------------
 
 test_agent_unknown_denied if {
-	res := authz.result with input as with_input({"agent": {"known": false}})
+	res := authz.result with input as derive(with_input({"agent": {"known": false}}))
 	res.decision == "deny"
 	"agent_unknown" in codes(res)
 }
 
 test_token_missing_denied if {
-	res := authz.result with input as with_input({"token": {"present": false}})
+	res := authz.result with input as derive(with_input({"token": {"present": false}}))
 	res.decision == "deny"
 	codes(res) == {"token_missing"}
 }
 
 test_token_missing_llm_allowed if {
 	inp := object.union(with_input(llm), {"token": {"present": false}, "agent": {"authenticated": false}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
 test_unauthenticated_denied if {
-	res := authz.result with input as with_input({"agent": {"authenticated": false}})
+	res := authz.result with input as derive(with_input({"agent": {"authenticated": false}}))
 	res.decision == "deny"
 	codes(res) == {"agent_unauthenticated"}
 }
 
 test_token_policy_version_denied if {
-	res := authz.result with input as with_input({"token": {"policy_version": "v9"}})
+	res := authz.result with input as derive(with_input({"token": {"policy_version": "v9"}}))
 	res.decision == "deny"
 	codes(res) == {"token_policy_version"}
 }
 
 test_token_policy_version_v01_allowed if {
-	res := authz.result with input as with_input({"token": {"policy_version": "v0.1"}})
+	res := authz.result with input as derive(with_input({"token": {"policy_version": "v0.1"}}))
 	res.decision == "allow"
 }
 
 # ---- 3.2 tool abuse --------------------------------------------------------
 
 test_tool_not_allowed_flag_denied if {
-	res := authz.result with input as with_input({"agent": {"tool_allowed": false}})
+	res := authz.result with input as derive(with_input({"agent": {"tool_allowed": false}}))
 	res.decision == "deny"
 	codes(res) == {"tool_not_allowed"}
 }
 
 test_tool_not_in_list_denied if {
-	res := authz.result with input as with_input({"agent": {"allowed_tools": ["db.write"]}})
+	res := authz.result with input as derive(with_input({"agent": {"allowed_tools": ["db.write"]}}))
 	res.decision == "deny"
 	codes(res) == {"tool_not_allowed"}
 }
 
 test_exec_after_internal_read_denied if {
 	inp := object.union(with_input(shell_exec), {"run": {"recent": [internal_read_step]}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	codes(res) == {"exec_after_sensitive_read"}
 }
@@ -154,12 +165,12 @@ test_exec_after_internal_read_denied if {
 test_exec_after_neutral_read_allowed if {
 	step := {"tool": "docs.search", "class": "read", "trust": "neutral", "untrusted": false}
 	inp := object.union(with_input(shell_exec), {"run": {"recent": [step]}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
 test_exec_fresh_run_allowed if {
-	res := authz.result with input as with_input(shell_exec)
+	res := authz.result with input as derive(with_input(shell_exec))
 	res.decision == "allow"
 	res.obligations == {"consume_jti": "jti-1"}
 }
@@ -171,48 +182,48 @@ test_untrusted_context_external_send_denied if {
 		"untrusted_context": true,
 		"provenance": [{"source_type": "web", "source_name": "kb.example.net", "trust_level": "untrusted"}],
 	})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	codes(res) == {"untrusted_context_external_send"}
 	res.reasons[0].control_id == "AIS-CTX-01"
 }
 
 test_untrusted_context_exec_denied if {
-	res := authz.result with input as object.union(with_input(shell_exec), {"untrusted_context": true})
+	res := authz.result with input as derive(object.union(with_input(shell_exec), {"untrusted_context": true}))
 	res.decision == "deny"
 	codes(res) == {"untrusted_context_external_send"}
 }
 
 test_untrusted_context_read_allowed if {
-	res := authz.result with input as with_input({"untrusted_context": true})
+	res := authz.result with input as derive(with_input({"untrusted_context": true}))
 	res.decision == "allow"
 }
 
 test_trusted_context_external_send_allowed if {
-	res := authz.result with input as with_input(send_email)
+	res := authz.result with input as derive(with_input(send_email))
 	res.decision == "allow"
 }
 
 test_injection_on_llm_denied if {
-	res := authz.result with input as object.union(with_input(llm), {"findings": [{"detector": "ignore_previous", "class": "injection"}]})
+	res := authz.result with input as derive(object.union(with_input(llm), {"findings": [{"detector": "ignore_previous", "class": "injection"}]}))
 	res.decision == "deny"
 	codes(res) == {"injection_detected"}
 }
 
 test_injection_on_external_send_denied if {
-	res := authz.result with input as object.union(with_input(send_email), {"findings": [{"class": "injection"}]})
+	res := authz.result with input as derive(object.union(with_input(send_email), {"findings": [{"class": "injection"}]}))
 	res.decision == "deny"
 	codes(res) == {"injection_detected"}
 }
 
 test_injection_on_write_needs_approval if {
-	res := authz.result with input as object.union(with_input(db_write), {"findings": [{"class": "injection"}]})
+	res := authz.result with input as derive(object.union(with_input(db_write), {"findings": [{"class": "injection"}]}))
 	res.decision == "require_approval"
 	codes(res) == {"injection_suspected"}
 }
 
 test_llm_clean_allowed if {
-	res := authz.result with input as with_input(llm)
+	res := authz.result with input as derive(with_input(llm))
 	res.decision == "allow"
 }
 
@@ -221,7 +232,7 @@ test_llm_clean_allowed if {
 poisoned_memory := {"source_type": "vector_memory", "source_name": "research-notes", "trust_level": "unverified"}
 
 test_untrusted_memory_write_needs_approval if {
-	res := authz.result with input as object.union(with_input(db_write), {"provenance": [poisoned_memory]})
+	res := authz.result with input as derive(object.union(with_input(db_write), {"provenance": [poisoned_memory]}))
 	res.decision == "require_approval"
 	codes(res) == {"untrusted_memory"}
 	res.reasons[0].control_id == "AIS-CTX-02"
@@ -230,44 +241,44 @@ test_untrusted_memory_write_needs_approval if {
 test_untrusted_memory_external_send_denied if {
 	# Go also marks the context untrusted, and the deny wins.
 	inp := object.union(with_input(send_email), {"provenance": [poisoned_memory], "untrusted_context": true})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	codes(res) == {"untrusted_context_external_send"}
 }
 
 test_untrusted_memory_read_allowed if {
-	res := authz.result with input as with_input({"provenance": [poisoned_memory]})
+	res := authz.result with input as derive(with_input({"provenance": [poisoned_memory]}))
 	res.decision == "allow"
 }
 
 test_trusted_memory_write_allowed if {
 	mem := {"source_type": "memory", "source_name": "notes", "trust_level": "internal"}
-	res := authz.result with input as object.union(with_input(db_write), {"provenance": [mem]})
+	res := authz.result with input as derive(object.union(with_input(db_write), {"provenance": [mem]}))
 	res.decision == "allow"
 }
 
 # ---- 3.4 chain escalation --------------------------------------------------
 
 test_risk_halt_denied if {
-	res := authz.result with input as with_input({"risk": {"total": 2.01}})
+	res := authz.result with input as derive(with_input({"risk": {"total": 2.01}}))
 	res.decision == "deny"
 	codes(res) == {"risk_halt"}
 }
 
 test_risk_at_halt_threshold_needs_approval if {
 	# Strictly greater: a total equal to the halt threshold is not halted.
-	res := authz.result with input as with_input({"risk": {"total": 2.0}})
+	res := authz.result with input as derive(with_input({"risk": {"total": 2.0}}))
 	res.decision == "require_approval"
 	codes(res) == {"approval_required"}
 }
 
 test_risk_at_approval_threshold_allowed if {
-	res := authz.result with input as with_input({"risk": {"total": 1.5}})
+	res := authz.result with input as derive(with_input({"risk": {"total": 1.5}}))
 	res.decision == "allow"
 }
 
 test_risk_approval_required if {
-	res := authz.result with input as with_input({"risk": {"total": 1.6}})
+	res := authz.result with input as derive(with_input({"risk": {"total": 1.6}}))
 	res.decision == "require_approval"
 	res.reasons == [{
 		"code": "approval_required",
@@ -279,7 +290,7 @@ test_risk_approval_required if {
 
 test_valid_approval_allows_and_is_consumed if {
 	inp := with_input({"risk": {"total": 1.6}, "approval": {"id": "apr-1", "present": true, "valid": true, "status": "approved"}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 	res.obligations == {"approval_consumed": "apr-1"}
 	res.reasons[0].code == "allowed"
@@ -287,32 +298,32 @@ test_valid_approval_allows_and_is_consumed if {
 
 test_invalid_approval_still_required if {
 	inp := with_input({"risk": {"total": 1.6}, "approval": {"id": "apr-1", "present": true, "valid": false, "status": "pending"}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "require_approval"
 }
 
 test_valid_approval_without_id_not_accepted if {
 	inp := with_input({"risk": {"total": 1.6}, "approval": {"present": true, "valid": true}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "require_approval"
 }
 
 test_valid_approval_does_not_override_deny if {
 	inp := with_input({"risk": {"total": 2.5}, "approval": {"id": "apr-1", "present": true, "valid": true}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	codes(res) == {"risk_halt"}
 }
 
 test_valid_approval_without_need_not_consumed if {
 	inp := with_input({"approval": {"id": "apr-1", "present": true, "valid": true}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 	res.obligations == {}
 }
 
 test_budget_exceeded_denied if {
-	res := authz.result with input as with_input({"budget": {"exceeded": "max_tool_calls"}})
+	res := authz.result with input as derive(with_input({"budget": {"exceeded": "max_tool_calls"}}))
 	res.decision == "deny"
 	codes(res) == {"budget_exceeded"}
 }
@@ -324,7 +335,7 @@ seed_agent := {"agent": {"approval_threshold": 1.2, "halt_threshold": 2.0}}
 
 test_seed_step1_db_read_allowed if {
 	inp := object.union(with_input(seed_agent), {"risk": {"r_step": 0.2, "e": 1.0, "t": 0.5, "b": 1.0, "step": 0.1, "total_before": 0, "total": 0.1}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
@@ -333,7 +344,7 @@ test_seed_step2_send_email_allowed if {
 		"risk": {"r_step": 0.4, "e": 1.2, "t": 2.0, "b": 1.0, "step": 0.96, "total_before": 0.1, "total": 1.06, "escalations": ["external_send_after_internal_read"]},
 		"run": {"tool_calls": 1, "recent": [internal_read_step]},
 	})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
@@ -343,14 +354,14 @@ test_seed_step3_db_write_needs_approval if {
 		"risk": {"r_step": 0.5, "e": 1.0, "t": 0.5, "b": 1.1, "step": 0.275, "total_before": 1.06, "total": 1.335},
 		"run": {"tool_calls": 2, "recent": [internal_read_step, send_step]},
 	})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "require_approval"
 	codes(res) == {"approval_required"}
 }
 
 test_seed_chain_default_thresholds_allowed if {
 	inp := with_input({"risk": {"total": 1.335}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
@@ -361,56 +372,56 @@ secret := {"detector": "aws_access_key", "location": "body.arguments.text", "cou
 pii := {"detector": "email", "location": "body.arguments.text", "count": 1, "hash": "h", "class": "pii"}
 
 test_secret_external_send_denied if {
-	res := authz.result with input as object.union(with_input(send_email), {"findings": [secret]})
+	res := authz.result with input as derive(object.union(with_input(send_email), {"findings": [secret]}))
 	res.decision == "deny"
 	codes(res) == {"secret_egress"}
 	res.reasons[0].control_id == "AIS-EXE-01"
 }
 
 test_secret_llm_external_denied if {
-	res := authz.result with input as object.union(with_input(llm), {"findings": [secret]})
+	res := authz.result with input as derive(object.union(with_input(llm), {"findings": [secret]}))
 	res.decision == "deny"
 	codes(res) == {"secret_egress"}
 }
 
 test_secret_llm_internal_allowed if {
 	inp := object.union(with_input(llm), {"route": {"trust": "internal"}, "findings": [secret]})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
 test_secret_untrusted_read_denied if {
 	inp := with_input({"route": {"tool": "db.read", "tool_class": "read", "trust": "untrusted"}, "findings": [secret]})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	codes(res) == {"secret_egress"}
 }
 
 test_secret_internal_write_allowed if {
-	res := authz.result with input as object.union(with_input(db_write), {"findings": [secret]})
+	res := authz.result with input as derive(object.union(with_input(db_write), {"findings": [secret]}))
 	res.decision == "allow"
 }
 
 test_pii_external_send_needs_approval if {
-	res := authz.result with input as object.union(with_input(send_email), {"findings": [pii]})
+	res := authz.result with input as derive(object.union(with_input(send_email), {"findings": [pii]}))
 	res.decision == "require_approval"
 	codes(res) == {"pii_egress"}
 }
 
 test_pii_internal_write_allowed if {
-	res := authz.result with input as object.union(with_input(db_write), {"findings": [pii]})
+	res := authz.result with input as derive(object.union(with_input(db_write), {"findings": [pii]}))
 	res.decision == "allow"
 }
 
 test_destination_blocked_denied if {
 	dest := {"detector": "destination_allowlist", "location": "body.arguments.to", "count": 1, "hash": "h", "class": "destination"}
-	res := authz.result with input as object.union(with_input(send_email), {"findings": [dest]})
+	res := authz.result with input as derive(object.union(with_input(send_email), {"findings": [dest]}))
 	res.decision == "deny"
 	codes(res) == {"destination_blocked"}
 }
 
 test_deny_wins_over_approval if {
-	res := authz.result with input as object.union(with_input(send_email), {"findings": [pii, secret]})
+	res := authz.result with input as derive(object.union(with_input(send_email), {"findings": [pii, secret]}))
 	res.decision == "deny"
 	codes(res) == {"secret_egress"}
 }
@@ -434,18 +445,18 @@ sensitive := {"detector": "contract_terms", "location": "body", "count": 1, "has
 oversized := {"detector": "payload_size", "location": "body", "count": 1, "hash": "", "class": "size"}
 
 test_contract_terms_to_external_denied if {
-	res := authz.result with input as object.union(with_input(send_email), {"findings": [sensitive]})
+	res := authz.result with input as derive(object.union(with_input(send_email), {"findings": [sensitive]}))
 	res.decision == "deny"
 	codes(res) == {"sensitive_egress"}
 }
 
 test_contract_terms_internal_write_allowed if {
-	res := authz.result with input as object.union(with_input(db_write), {"findings": [sensitive]})
+	res := authz.result with input as derive(object.union(with_input(db_write), {"findings": [sensitive]}))
 	res.decision == "allow"
 }
 
 test_oversized_payload_needs_approval if {
-	res := authz.result with input as object.union(base, {"findings": [oversized]})
+	res := authz.result with input as derive(object.union(base, {"findings": [oversized]}))
 	res.decision == "require_approval"
 	codes(res) == {"payload_size"}
 }
@@ -453,13 +464,13 @@ test_oversized_payload_needs_approval if {
 test_external_send_after_untrusted_step_denied if {
 	tainted := {"tool": "llm.openai", "class": "llm", "trust": "untrusted", "untrusted": true}
 	inp := object.union(with_input(send_email), {"run": {"recent": [tainted]}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	"tainted_run_external_send" in codes(res)
 }
 
 test_external_send_after_clean_steps_allowed if {
 	inp := object.union(with_input(send_email), {"run": {"recent": [internal_read_step]}})
-	res := authz.result with input as inp
+	res := authz.result with input as derive(inp)
 	not "tainted_run_external_send" in codes(res)
 }

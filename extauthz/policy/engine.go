@@ -227,6 +227,10 @@ func (e *Engine) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	if in == nil {
 		return Decision{}, reason.New(reason.PolicyError, "no policy input")
 	}
+	// The facts the rules test are always derived here, never trusted from
+	// the caller: a caller that forgot them would otherwise silently disable
+	// the rules that read them.
+	in.Derive()
 	v, err := inputValue(in, c.readsArgs)
 	if err != nil {
 		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy input invalid")

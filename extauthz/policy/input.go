@@ -25,6 +25,25 @@ type Input struct {
 	Run              Run       `json:"run"`
 	Approval         Approval  `json:"approval"`
 	Findings         []Finding `json:"findings"`
+	// FindingClasses is {class: true} for each class among Findings (Derive).
+	// Rules test input.finding_classes.secret == true: a plain equality on
+	// input, which OPA's rule index uses to skip the rules that cannot fire.
+	FindingClasses map[string]bool `json:"finding_classes"`
+}
+
+// Derive fills the facts computed from other fields (FindingClasses,
+// Run.Tainted, Run.ReadInternal), so the policy tests them with plain
+// equalities instead of iterating. Engine.Eval calls it on every input.
+func (in *Input) Derive() {
+	in.FindingClasses = make(map[string]bool, len(in.Findings))
+	for _, f := range in.Findings {
+		in.FindingClasses[f.Class] = true
+	}
+	in.Run.Tainted, in.Run.ReadInternal = false, false
+	for _, s := range in.Run.Recent {
+		in.Run.Tainted = in.Run.Tainted || s.Untrusted
+		in.Run.ReadInternal = in.Run.ReadInternal || s.Class == "read" && s.Trust == "internal"
+	}
 }
 
 // Time is the Check's clock reading.
@@ -105,6 +124,10 @@ type Run struct {
 	WriteOps  int64     `json:"write_operations"`
 	Cost      float64   `json:"cost"`
 	Recent    []RunStep `json:"recent"`
+	// Tainted: a recent step carried untrusted context (Derive).
+	Tainted bool `json:"tainted"`
+	// ReadInternal: a recent step read internal data (Derive).
+	ReadInternal bool `json:"read_internal"`
 }
 
 // RunStep is one recent step of the run.

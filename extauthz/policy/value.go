@@ -62,6 +62,7 @@ func inputValue(in *Input, withArgs bool) (ast.Value, error) {
 		item("run", c.run(&in.Run)),
 		item("approval", approvalValue(&in.Approval)),
 		item("findings", findingsValue(in.Findings)),
+		item("finding_classes", findingClassesValue(in.FindingClasses)),
 	)
 	if c.err != nil {
 		return nil, c.err
@@ -280,6 +281,8 @@ func (c *converter) run(r *Run) ast.Value {
 		item("write_operations", intNum(r.WriteOps)),
 		item("cost", c.num("run.cost", r.Cost)),
 		item("recent", ast.NewArray(recent...)),
+		item("tainted", ast.Boolean(r.Tainted)),
+		item("read_internal", ast.Boolean(r.ReadInternal)),
 	)
 }
 
@@ -290,6 +293,14 @@ func approvalValue(a *Approval) ast.Value {
 		item("valid", ast.Boolean(a.Valid)),
 		item("status", strOmit(a.Status)),
 	)
+}
+
+func findingClassesValue(m map[string]bool) ast.Value {
+	items := make([]kv, 0, len(m))
+	for c, v := range m {
+		items = append(items, item(c, ast.Boolean(v)))
+	}
+	return obj(items...)
 }
 
 func findingsValue(fs []Finding) ast.Value {

@@ -64,6 +64,7 @@ func TestInputValueMatchesJSON(t *testing.T) {
 	}
 	for name, in := range tests {
 		t.Run(name, func(t *testing.T) {
+			in.Derive() // as the server does before every evaluation
 			got, err := inputValue(in, true)
 			if err != nil {
 				t.Fatal(err)
