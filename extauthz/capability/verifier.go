@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -49,48 +50,17 @@ type Verifier struct {
 
 // NewVerifier checks cfg (reporting every problem at once) and fills defaults.
 func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
-	var errs []error
-	if cfg.Issuer == "" {
-		errs = append(errs, errors.New("capability: verifier: Issuer is required"))
-	}
-	if cfg.Audience == "" {
-		errs = append(errs, errors.New("capability: verifier: Audience is required"))
-	}
-	if cfg.Keys == nil {
-		errs = append(errs, errors.New("capability: verifier: Keys is required"))
-	}
-	if cfg.MaxLifetime < 0 {
-		errs = append(errs, errors.New("capability: verifier: MaxLifetime must not be negative"))
-	}
-	if cfg.MaxTokenBytes < 0 {
-		errs = append(errs, errors.New("capability: verifier: MaxTokenBytes must not be negative"))
-	}
+	c, r, errs := newCoreRules("verifier", settings{cfg.Issuer, cfg.Audience, cfg.Keys, cfg.MaxLifetime, DefaultMaxLifetime, cfg.Leeway, cfg.MaxTokenBytes})
 	if slices.Contains(cfg.AcceptedPolicyVersions, "") {
 		errs = append(errs, errors.New("capability: verifier: AcceptedPolicyVersions must not contain an empty version"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	if cfg.MaxLifetime == 0 {
-		cfg.MaxLifetime = DefaultMaxLifetime
-	}
-	switch {
-	case cfg.Leeway == 0:
-		cfg.Leeway = DefaultLeeway
-	case cfg.Leeway < 0:
-		cfg.Leeway = 0
-	}
-	if cfg.MaxTokenBytes == 0 {
-		cfg.MaxTokenBytes = DefaultMaxTokenBytes
-	}
 	if cfg.CacheSize == 0 {
 		cfg.CacheSize = DefaultCacheSize
 	}
-	v := &Verifier{
-		core:     core{keys: cfg.Keys, maxBytes: cfg.MaxTokenBytes},
-		rules:    rules{issuer: cfg.Issuer, audience: cfg.Audience, maxLifetime: cfg.MaxLifetime, leeway: cfg.Leeway},
-		versions: slices.Clone(cfg.AcceptedPolicyVersions),
-	}
+	v := &Verifier{core: c, rules: r, versions: slices.Clone(cfg.AcceptedPolicyVersions)}
 	if cfg.CacheSize > 0 {
 		v.cache = newTokenCache(cfg.CacheSize)
 	}
@@ -307,6 +277,52 @@ func (c *core) verify(ctx context.Context, raw string) (*wireClaims, error) {
 
 // rules are the registered-claim checks shared by capability tokens and workload
 // credentials.
+// settings are the registered-claim settings both verifiers share.
+type settings struct {
+	issuer, audience   string
+	keys               KeySource
+	maxLifetime        time.Duration
+	defaultMaxLifetime time.Duration
+	leeway             time.Duration
+	maxTokenBytes      int
+}
+
+// newCoreRules checks the shared settings (every problem at once, named for
+// who) and fills their defaults: one place for what a JWT verifier requires.
+func newCoreRules(who string, st settings) (core, rules, []error) {
+	var errs []error
+	bad := func(msg string) { errs = append(errs, fmt.Errorf("capability: %s: %s", who, msg)) }
+	if st.issuer == "" {
+		bad("Issuer is required")
+	}
+	if st.audience == "" {
+		bad("Audience is required")
+	}
+	if st.keys == nil {
+		bad("Keys is required")
+	}
+	if st.maxLifetime < 0 {
+		bad("MaxLifetime must not be negative")
+	}
+	if st.maxTokenBytes < 0 {
+		bad("MaxTokenBytes must not be negative")
+	}
+	if st.maxLifetime == 0 {
+		st.maxLifetime = st.defaultMaxLifetime
+	}
+	switch {
+	case st.leeway == 0:
+		st.leeway = DefaultLeeway
+	case st.leeway < 0:
+		st.leeway = 0
+	}
+	if st.maxTokenBytes == 0 {
+		st.maxTokenBytes = DefaultMaxTokenBytes
+	}
+	return core{keys: st.keys, maxBytes: st.maxTokenBytes},
+		rules{issuer: st.issuer, audience: st.audience, maxLifetime: st.maxLifetime, leeway: st.leeway}, errs
+}
+
 type rules struct {
 	issuer, audience string
 	maxLifetime      time.Duration

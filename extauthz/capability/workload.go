@@ -47,38 +47,11 @@ type WorkloadVerifier struct {
 
 // NewWorkloadVerifier checks cfg and fills defaults.
 func NewWorkloadVerifier(cfg WorkloadConfig) (*WorkloadVerifier, error) {
-	var errs []error
-	if cfg.Issuer == "" {
-		errs = append(errs, errors.New("capability: workload verifier: Issuer is required"))
-	}
-	if cfg.Audience == "" {
-		errs = append(errs, errors.New("capability: workload verifier: Audience is required"))
-	}
-	if cfg.Keys == nil {
-		errs = append(errs, errors.New("capability: workload verifier: Keys is required"))
-	}
-	if cfg.MaxLifetime < 0 || cfg.MaxTokenBytes < 0 {
-		errs = append(errs, errors.New("capability: workload verifier: MaxLifetime and MaxTokenBytes must not be negative"))
-	}
+	c, r, errs := newCoreRules("workload verifier", settings{cfg.Issuer, cfg.Audience, cfg.Keys, cfg.MaxLifetime, DefaultWorkloadMaxLifetime, cfg.Leeway, cfg.MaxTokenBytes})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	if cfg.MaxLifetime == 0 {
-		cfg.MaxLifetime = DefaultWorkloadMaxLifetime
-	}
-	switch {
-	case cfg.Leeway == 0:
-		cfg.Leeway = DefaultLeeway
-	case cfg.Leeway < 0:
-		cfg.Leeway = 0
-	}
-	if cfg.MaxTokenBytes == 0 {
-		cfg.MaxTokenBytes = DefaultMaxTokenBytes
-	}
-	return &WorkloadVerifier{
-		core:  core{keys: cfg.Keys, maxBytes: cfg.MaxTokenBytes},
-		rules: rules{issuer: cfg.Issuer, audience: cfg.Audience, maxLifetime: cfg.MaxLifetime, leeway: cfg.Leeway},
-	}, nil
+	return &WorkloadVerifier{core: c, rules: r}, nil
 }
 
 // Verify returns the identity in raw if it is a valid credential at now. Errors
