@@ -3,7 +3,10 @@ package riskstore
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -25,8 +28,10 @@ const minNonceSweep = 1 << 16
 // Redis store is tested against. It is safe for concurrent use.
 type Memory struct {
 	mu        sync.Mutex
-	runs      map[string]*memRun
+	runs      map[RunRef]*memRun
 	expiry    runHeap // every run in runs, soonest expiry first
+	owners    map[string]memOwner
+	agents    map[string]AgentUsage
 	approvals map[string]memApproval
 	nonces    map[string]time.Time
 	// nonceSweepAt is the nonce count that triggers the next sweep; it doubles
@@ -40,7 +45,13 @@ type memRun struct {
 	requests map[string]Prior
 	order    []string // request ids, oldest first
 	expires  time.Time
-	idx      int // position in Memory.expiry
+	ttl      time.Duration // the lifetime of its last commit, renewed by every Load
+	idx      int           // position in Memory.expiry
+}
+
+type memOwner struct {
+	agent   string
+	expires time.Time
 }
 
 // runHeap orders runs by expiry so the sweep finds the dead ones without
@@ -78,13 +89,16 @@ var (
 	_ Nonces    = (*Memory)(nil)
 )
 
-// NewMemory returns an empty store. now is the clock used for TTLs.
+// NewMemory returns an empty store. now is the store's clock: run start
+// times, execution-time budgets, agent windows and every TTL follow it.
 func NewMemory(now func() time.Time) *Memory {
 	if now == nil {
 		now = time.Now
 	}
 	return &Memory{
-		runs:         make(map[string]*memRun),
+		runs:         make(map[RunRef]*memRun),
+		owners:       make(map[string]memOwner),
+		agents:       make(map[string]AgentUsage),
 		approvals:    make(map[string]memApproval),
 		nonces:       make(map[string]time.Time),
 		nonceSweepAt: minNonceSweep,
@@ -92,18 +106,20 @@ func NewMemory(now func() time.Time) *Memory {
 	}
 }
 
-// run returns the live run runID, or nil. It first sweeps a bounded number of
+// run returns the live run ref, or nil. It first sweeps a bounded number of
 // expired runs, so runs nobody asks for again do not stay in memory.
-func (m *Memory) run(runID string) *memRun {
-	now := m.now()
+func (m *Memory) run(ref RunRef, now time.Time) *memRun {
 	for range sweepBatch {
 		if len(m.expiry) == 0 || !now.After(m.expiry[0].expires) {
 			break
 		}
 		dead := heap.Pop(&m.expiry).(*memRun)
-		delete(m.runs, dead.state.RunID)
+		delete(m.runs, dead.state.Run)
+		if o, ok := m.owners[dead.state.Run.ID]; ok && now.After(o.expires) {
+			delete(m.owners, dead.state.Run.ID)
+		}
 	}
-	r, ok := m.runs[runID]
+	r, ok := m.runs[ref]
 	if ok && now.After(r.expires) {
 		m.remove(r)
 		return nil
@@ -113,18 +129,58 @@ func (m *Memory) run(runID string) *memRun {
 
 func (m *Memory) remove(r *memRun) {
 	heap.Remove(&m.expiry, r.idx)
-	delete(m.runs, r.state.RunID)
+	delete(m.runs, r.state.Run)
+}
+
+// owner returns the live owner of run id, or "".
+func (m *Memory) owner(id string, now time.Time) string {
+	o, ok := m.owners[id]
+	if !ok || now.After(o.expires) {
+		delete(m.owners, id)
+		return ""
+	}
+	return o.agent
+}
+
+// touch extends r's lifetime and its owner's to now+ttl, never shortening them.
+func (m *Memory) touch(r *memRun, now time.Time, ttl time.Duration) {
+	exp := now.Add(ttl)
+	if exp.After(r.expires) {
+		r.expires = exp
+		heap.Fix(&m.expiry, r.idx)
+	}
+	if o := m.owners[r.state.Run.ID]; o.agent == r.state.Run.Agent && exp.After(o.expires) {
+		m.owners[r.state.Run.ID] = memOwner{agent: o.agent, expires: exp}
+	}
+}
+
+// state returns a copy of the run's state as read at now.
+func (m *Memory) state(ref RunRef, r *memRun, now time.Time) State {
+	st := State{Run: ref}
+	if r != nil {
+		st = r.state
+		st.Facts = slices.Clone(st.Facts)
+	}
+	st.Agent = m.agents[ref.Agent]
+	st.Now = now
+	st.Prior = nil
+	return st
 }
 
 // Load implements Store.
-func (m *Memory) Load(_ context.Context, runID, requestID string) (State, error) {
+func (m *Memory) Load(_ context.Context, ref RunRef, requestID string) (State, error) {
+	if !ref.valid() {
+		return State{}, fmt.Errorf("riskstore: load: invalid run reference")
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r := m.run(runID)
+	now := m.now()
+	r := m.run(ref, now)
+	st := m.state(ref, r, now)
 	if r == nil {
-		return State{RunID: runID}, nil
+		return st, nil
 	}
-	st := cloneState(r.state)
+	m.touch(r, now, r.ttl)
 	if p, ok := r.requests[requestID]; ok && requestID != "" {
 		st.Prior = &p
 	}
@@ -132,39 +188,47 @@ func (m *Memory) Load(_ context.Context, runID, requestID string) (State, error)
 }
 
 // Commit implements Store.
-func (m *Memory) Commit(_ context.Context, runID string, step Step, limits Limits, now time.Time, ttl time.Duration) (CommitResult, error) {
-	if runID == "" {
-		return CommitResult{}, fmt.Errorf("riskstore: commit: empty run id")
+func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits, ttl time.Duration) (CommitResult, error) {
+	if !ref.valid() {
+		return CommitResult{}, fmt.Errorf("riskstore: commit: invalid run reference")
 	}
 	if err := checkNumbers(step, limits); err != nil {
-		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", runID, err)
+		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", ref.ID, err)
 	}
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r := m.run(runID)
-	cur := State{RunID: runID}
+	now := m.now()
+	r := m.run(ref, now)
+	cur := m.state(ref, r, now)
+	cur.Agent = cur.Agent.Current(limits.AgentWindow, now)
+	if o := m.owner(ref.ID, now); o != "" && o != ref.Agent {
+		return CommitResult{Outcome: Refused, Limit: RunOwned, State: cur}, nil
+	}
 	if r != nil {
-		cur = r.state
 		if p, ok := r.requests[step.RequestID]; ok && step.RequestID != "" {
-			return CommitResult{Outcome: Duplicate, State: cloneState(cur), Prior: &p}, nil
+			return CommitResult{Outcome: Duplicate, State: cur, Prior: &p}, nil
 		}
 	}
 	if step.ExpectVersion != AnyVersion && step.ExpectVersion != cur.Version {
-		return CommitResult{Outcome: Stale, State: cloneState(cur)}, nil
+		return CommitResult{Outcome: Stale, State: cur}, nil
 	}
 	if limit := Exceeds(cur, step, limits, now); limit != "" {
-		return CommitResult{Outcome: Refused, Limit: limit, State: cloneState(cur)}, nil
+		if r != nil {
+			m.touch(r, now, ttl) // a refused run stays refused: it does not expire and come back
+		}
+		return CommitResult{Outcome: Refused, Limit: limit, State: cur}, nil
 	}
 	// Only a commit creates a run: a refused or stale first step leaves nothing
 	// behind, as in Redis.
 	if r == nil {
-		r = &memRun{state: cur, requests: make(map[string]Prior), expires: m.now().Add(ttl)}
-		m.runs[runID] = r
+		r = &memRun{state: State{Run: ref}, requests: make(map[string]Prior), expires: now.Add(ttl)}
+		m.runs[ref] = r
 		heap.Push(&m.expiry, r)
 	}
+	m.owners[ref.ID] = memOwner{agent: ref.Agent, expires: maxTime(m.owners[ref.ID].expires, now.Add(ttl))}
 	s := &r.state
 	if s.StartedAt.IsZero() {
 		s.StartedAt = now
@@ -175,51 +239,79 @@ func (m *Memory) Commit(_ context.Context, runID string, step Step, limits Limit
 		s.WriteOps++
 	}
 	s.CostMicros += step.CostMicros
-	s.RiskTotal += step.Summary.Risk
-	s.Recent = append(s.Recent, step.Summary)
-	if len(s.Recent) > Window {
-		s.Recent = append([]StepSummary(nil), s.Recent[len(s.Recent)-Window:]...)
+	s.RiskTotal += step.Risk
+	s.Facts = mergeFacts(s.Facts, step.Facts)
+	r.ttl = ttl
+	if limits.AgentWindow > 0 {
+		u := cur.Agent
+		u.ToolCalls++
+		u.CostMicros += step.CostMicros
+		m.agents[ref.Agent] = u
 	}
 	if step.RequestID != "" {
-		r.requests[step.RequestID] = Prior{DecisionID: step.DecisionID, StepRisk: step.Summary.Risk, RiskTotal: s.RiskTotal}
+		r.requests[step.RequestID] = Prior{DecisionID: step.DecisionID, StepRisk: step.Risk, RiskTotal: s.RiskTotal}
 		r.order = append(r.order, step.RequestID)
 		if len(r.order) > maxRequestIDs {
 			delete(r.requests, r.order[0])
 			r.order = r.order[1:]
 		}
 	}
-	r.expires = m.now().Add(ttl)
-	heap.Fix(&m.expiry, r.idx)
-	return CommitResult{Outcome: Committed, State: cloneState(*s)}, nil
+	m.touch(r, now, ttl)
+	return CommitResult{Outcome: Committed, State: m.state(ref, r, now)}, nil
 }
 
-// Exceeds reports the first limit that committing step onto st would exceed, or
-// "". It is the single definition of the limits; the Redis script mirrors it and
-// the conformance suite holds the two to the same answers.
-func Exceeds(st State, step Step, l Limits, now time.Time) string {
-	switch {
-	case l.MaxToolCalls > 0 && st.ToolCalls+1 > l.MaxToolCalls:
-		return BudgetToolCalls
-	case l.MaxWriteOperations > 0 && step.Write && st.WriteOps+1 > l.MaxWriteOperations:
-		return BudgetWriteOps
-	case l.MaxCostMicros > 0 && st.CostMicros+step.CostMicros > l.MaxCostMicros:
-		return BudgetCost
-	case l.MaxExecutionTime > 0 && !st.StartedAt.IsZero() && now.Sub(st.StartedAt) > l.MaxExecutionTime:
-		return BudgetExecutionTime
-	case l.MaxRisk > 0 && st.RiskTotal+step.Summary.Risk > l.MaxRisk+riskEpsilon:
-		return BudgetRisk
+// ClaimRun implements Store.
+func (m *Memory) ClaimRun(_ context.Context, ref RunRef, ttl time.Duration) (string, error) {
+	if !ref.valid() {
+		return "", fmt.Errorf("riskstore: claim: invalid run reference")
 	}
-	return ""
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	if o := m.owner(ref.ID, now); o != "" {
+		if o == ref.Agent {
+			m.owners[ref.ID] = memOwner{agent: o, expires: maxTime(m.owners[ref.ID].expires, now.Add(ttl))}
+		}
+		return o, nil
+	}
+	m.owners[ref.ID] = memOwner{agent: ref.Agent, expires: now.Add(ttl)}
+	return ref.Agent, nil
 }
 
-// riskEpsilon absorbs float rounding when a total lands exactly on a threshold.
-const riskEpsilon = 1e-9
-
-func cloneState(s State) State {
-	s.Recent = append([]StepSummary(nil), s.Recent...)
-	s.Prior = nil
-	return s
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
+
+// checkNumbers refuses values a store cannot compare exactly, and a risk that
+// is not a number: a NaN total would never exceed any threshold again.
+func checkNumbers(step Step, l Limits) error {
+	if math.IsNaN(step.Risk) || math.IsInf(step.Risk, 0) {
+		return errors.New("step risk is not a finite number")
+	}
+	if math.IsNaN(l.MaxRisk) || math.IsInf(l.MaxRisk, 0) {
+		return errors.New("max risk is not a finite number")
+	}
+	if step.CostMicros > maxExactInt || step.CostMicros < -maxExactInt || l.MaxCostMicros > maxExactInt || l.AgentMaxCostMicros > maxExactInt {
+		return errors.New("cost out of range (|micros| > 2^53)")
+	}
+	if step.ExpectVersion < AnyVersion || step.ExpectVersion > maxExactInt {
+		return fmt.Errorf("expected version %d out of range", step.ExpectVersion)
+	}
+	if l.AgentWindow < 0 || (l.AgentWindow > 0 && l.AgentWindow < time.Millisecond) {
+		return errors.New("agent window must be at least 1ms")
+	}
+	return nil
+}
+
+// maxExactInt is the largest integer a Lua number (a double) holds exactly;
+// the Redis script compares money in micro-units as Lua numbers.
+const maxExactInt = 1 << 53
 
 // CreateApproval implements Approvals.
 func (m *Memory) CreateApproval(_ context.Context, a Approval, ttl time.Duration) error {
@@ -296,14 +388,14 @@ func (m *Memory) DecideApproval(_ context.Context, id string, approve bool, by, 
 }
 
 // ConsumeApproval implements Approvals.
-func (m *Memory) ConsumeApproval(_ context.Context, id, planHash string) (Approval, error) {
+func (m *Memory) ConsumeApproval(_ context.Context, id, binding string) (Approval, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ma, ok := m.approval(id)
 	if !ok {
 		return Approval{}, ErrNotFound
 	}
-	if ma.a.Status != ApprovalApproved || ma.a.PlanHash != planHash {
+	if ma.a.Status != ApprovalApproved || ma.a.Binding != binding {
 		return ma.a, fmt.Errorf("riskstore: approval %s is %s: %w", id, ma.a.Status, ErrConflict)
 	}
 	ma.a.Status = ApprovalUsed
