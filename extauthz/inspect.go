@@ -1,21 +1,61 @@
 package extauthz
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/egress"
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
-	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
 // Inspection is what egress inspection found in one request.
 type Inspection struct {
-	Findings []policy.Finding
+	Findings []finding.Finding
 	// Provenance labels the context firewall derived from an LLM request
-	// (the messages carrying untrusted content), for the audit line.
+	// (the messages carrying untrusted content), for the audit record.
 	Provenance []plan.Provenance
+}
+
+// Findings is what the inspect stage knows about the call's payload and context.
+type Findings struct {
+	List []finding.Finding
+	// Untrusted: the call's context is untrusted, because a provenance label
+	// says so or instructions were injected into it (AIS-CTX-01).
+	Untrusted bool
+	// Derived are the provenance labels the context firewall derived.
+	Derived []plan.Provenance
+}
+
+// Classes are the distinct finding classes, in order of first appearance.
+func (f Findings) Classes() []string {
+	var out []string
+	for _, x := range f.List {
+		if !slices.Contains(out, x.Class) {
+			out = append(out, x.Class)
+		}
+	}
+	return out
+}
+
+// inspect: Plan → Findings. An inspector error is a deny (egress_blocked).
+func inspect(p *plan.Plan, tool config.Tool, in Inspector) (Findings, *reason.Error) {
+	f := Findings{Untrusted: slices.ContainsFunc(p.Provenance, func(l plan.Provenance) bool { return risk.Untrusted(l.TrustLevel) })}
+	if in == nil {
+		return f, nil
+	}
+	ins, err := in.Inspect(p, tool, f.Untrusted)
+	f.List, f.Derived = ins.Findings, ins.Provenance
+	if slices.ContainsFunc(f.List, func(x finding.Finding) bool { return x.Class == finding.Injection }) {
+		// Injected instructions make the whole step untrusted context, which
+		// the run remembers.
+		f.Untrusted = true
+	}
+	return f, asReason(err, reason.EgressBlocked)
 }
 
 // EgressInspector runs the egress package's inspector on the Check path.
@@ -38,11 +78,6 @@ func NewEgressInspector(key []byte) (*EgressInspector, error) {
 func (e *EgressInspector) Inspect(p *plan.Plan, tool config.Tool, untrusted bool) (Inspection, error) {
 	path, query, _ := strings.Cut(p.RawPath, "?")
 	routeHost := tool.Match.Host
-	if routeHost == "" {
-		// A route this replica's configuration does not describe: Envoy routed
-		// the request by its host, so that host is the route's.
-		routeHost = p.Host
-	}
 	req := &egress.Request{
 		Method: p.Method, Host: p.Headers["host"], Authority: p.Host, Path: path, RawQuery: query,
 		Headers: p.Headers, ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, Body: p.Body,
@@ -63,10 +98,7 @@ func (e *EgressInspector) Inspect(p *plan.Plan, tool config.Tool, untrusted bool
 		}
 	}
 	res, err := e.in.Inspect(req, pol)
-	out := Inspection{Findings: make([]policy.Finding, len(res.Findings))}
-	for i, f := range res.Findings {
-		out.Findings[i] = policy.Finding{Detector: f.Detector, Location: f.Location, Count: f.Count, Hash: f.Hash, Class: f.Class}
-	}
+	out := Inspection{Findings: res.Findings}
 	if s := res.LLM; s != nil {
 		for i, u := range s.Untrusted {
 			label := plan.Provenance{SourceType: "llm_message", SourceName: s.Format + "[" + strconv.Itoa(u) + "]", TrustLevel: "untrusted"}

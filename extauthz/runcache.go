@@ -25,7 +25,7 @@ type runCache struct {
 
 type cacheShard struct {
 	mu   sync.Mutex
-	runs map[string]cachedRun
+	runs map[riskstore.RunRef]cachedRun
 }
 
 type cachedRun struct {
@@ -36,44 +36,42 @@ type cachedRun struct {
 func newRunCache(entries int, idle time.Duration) *runCache {
 	c := &runCache{seed: maphash.MakeSeed(), idle: idle, max: max(entries/16, 1)}
 	for i := range c.shards {
-		c.shards[i].runs = make(map[string]cachedRun)
+		c.shards[i].runs = make(map[riskstore.RunRef]cachedRun)
 	}
 	return c
 }
 
-func (c *runCache) shard(runID string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, runID)%uint64(len(c.shards))]
+func (c *runCache) shard(run riskstore.RunRef) *cacheShard {
+	return &c.shards[maphash.Comparable(c.seed, run)%uint64(len(c.shards))]
 }
 
-// get returns a copy of the cached state of runID, if fresh.
-func (c *runCache) get(runID string, now time.Time) (riskstore.State, bool) {
+// get returns a copy of the cached state of run, if fresh.
+func (c *runCache) get(run riskstore.RunRef, now time.Time) (riskstore.State, bool) {
 	if c == nil {
 		return riskstore.State{}, false
 	}
-	sh := c.shard(runID)
+	sh := c.shard(run)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e, ok := sh.runs[runID]
+	e, ok := sh.runs[run]
 	if !ok || now.Sub(e.at) > c.idle || e.at.After(now.Add(c.idle)) {
-		delete(sh.runs, runID)
+		delete(sh.runs, run)
 		return riskstore.State{}, false
 	}
-	st := e.state
-	st.Recent = append([]riskstore.StepSummary(nil), st.Recent...)
-	return st, true
+	return e.state, true
 }
 
-// put records st as the latest known state of runID.
-func (c *runCache) put(runID string, st riskstore.State, now time.Time) {
+// put records st as the latest known state of run. st.Facts is kept as it
+// is: states are values whose slices nobody modifies.
+func (c *runCache) put(run riskstore.RunRef, st riskstore.State, now time.Time) {
 	if c == nil {
 		return
 	}
 	st.Prior = nil
-	st.Recent = append([]riskstore.StepSummary(nil), st.Recent...)
-	sh := c.shard(runID)
+	sh := c.shard(run)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, ok := sh.runs[runID]; !ok && len(sh.runs) >= c.max {
+	if _, ok := sh.runs[run]; !ok && len(sh.runs) >= c.max {
 		for k, e := range sh.runs { // evict expired entries, else an arbitrary one
 			if now.Sub(e.at) > c.idle || len(sh.runs) >= c.max {
 				delete(sh.runs, k)
@@ -83,16 +81,16 @@ func (c *runCache) put(runID string, st riskstore.State, now time.Time) {
 			}
 		}
 	}
-	sh.runs[runID] = cachedRun{state: st, at: now}
+	sh.runs[run] = cachedRun{state: st, at: now}
 }
 
-// drop forgets runID.
-func (c *runCache) drop(runID string) {
+// drop forgets run.
+func (c *runCache) drop(run riskstore.RunRef) {
 	if c == nil {
 		return
 	}
-	sh := c.shard(runID)
+	sh := c.shard(run)
 	sh.mu.Lock()
-	delete(sh.runs, runID)
+	delete(sh.runs, run)
 	sh.mu.Unlock()
 }

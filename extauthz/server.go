@@ -1,11 +1,19 @@
 // Package extauthz owns the decision path: Envoy's CheckRequest in, a governed
-// CheckResponse out. A Check runs as stages with types between them —
-// CheckRequest → Plan → verified token → findings → run state → risk →
-// policy decision → commit → audit → CheckResponse — and every failure of any
-// stage is an explicit deny with a stable reason code and one audit line, never
-// a gRPC error. The package decides; it does not own parsing details, token
-// cryptography, Rego, run-state storage or inspection, which live in its
-// subpackages and in riskstore behind the small interfaces declared here.
+// CheckResponse out. A Check is a chain of values, each produced by one stage
+// from the ones before it —
+//
+//	CheckRequest → plan.Plan → Principal → Findings → RunView → Assessment →
+//	Verdict → Receipt → CheckResponse + audit record
+//
+// — over one snapshot of the policy bundle and one of the routes file, taken
+// when the Check starts. Deciding and committing are separate: Explain and
+// dry-run run the deciding stages only, so they cannot commit anything by
+// construction. Every failure of any stage is an explicit deny with a stable
+// reason code and one audit record, never a gRPC error.
+//
+// The package decides; it does not own parsing details, token cryptography,
+// Rego, run-state storage or inspection, which live in its subpackages and in
+// riskstore behind the small interfaces declared here.
 package extauthz
 
 import (
@@ -24,7 +32,6 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
-	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
@@ -40,12 +47,11 @@ type Revocations interface {
 	Check(c *capability.Claims) error
 }
 
-// PolicyEngine evaluates the Rego bundle.
-type PolicyEngine interface {
-	Eval(ctx context.Context, in *policy.Input) (policy.Decision, error)
-	Version() string
-	Escalation() []risk.EscalationRule
-	Ready() bool
+// Policies hands out the serving policy bundle (nil when none is loaded). A
+// Check takes it once: its decision, risk escalation and audited version all
+// come from that one bundle.
+type Policies interface {
+	Current() *policy.Bundle
 }
 
 // Inspector inspects the outbound request for secrets, PII, destinations and
@@ -54,15 +60,43 @@ type Inspector interface {
 	Inspect(p *plan.Plan, tool config.Tool, untrustedContext bool) (Inspection, error)
 }
 
+// RunStore is the run state as the Check path uses it.
+type RunStore interface {
+	Load(ctx context.Context, run riskstore.RunRef, requestID string) (riskstore.State, error)
+	Commit(ctx context.Context, run riskstore.RunRef, step riskstore.Step, limits riskstore.Limits, ttl time.Duration) (riskstore.CommitResult, error)
+}
+
+// ApprovalStore is the approvals as the Check path uses them.
+type ApprovalStore interface {
+	CreateApproval(ctx context.Context, a riskstore.Approval, ttl time.Duration) error
+	GetApproval(ctx context.Context, id string) (riskstore.Approval, error)
+	ConsumeApproval(ctx context.Context, id, binding string) (riskstore.Approval, error)
+}
+
+// NonceStore records single-use token ids.
+type NonceStore interface {
+	UseOnce(ctx context.Context, id string, ttl time.Duration) (first bool, err error)
+}
+
+var (
+	_ RunStore      = (*riskstore.Memory)(nil)
+	_ ApprovalStore = (*riskstore.Memory)(nil)
+	_ NonceStore    = (*riskstore.Memory)(nil)
+	_ RunStore      = (*riskstore.Redis)(nil)
+	_ ApprovalStore = (*riskstore.Redis)(nil)
+	_ NonceStore    = (*riskstore.Redis)(nil)
+	_ Policies      = (*policy.Engine)(nil)
+)
+
 // Config wires a Server. Logger, Registerer and Clock are passed in so tests
 // run in parallel with their own.
 type Config struct {
 	Directory   *Directory
-	Store       riskstore.Store
-	Approvals   riskstore.Approvals
-	Nonces      riskstore.Nonces
+	Store       RunStore
+	Approvals   ApprovalStore
+	Nonces      NonceStore
 	Verifier    TokenVerifier
-	Policy      PolicyEngine
+	Policy      Policies
 	Inspector   Inspector   // nil: no egress inspection
 	Revocations Revocations // nil: nothing is revoked
 	Audit       audit.Sink
@@ -94,17 +128,25 @@ type Server struct {
 
 var _ envoy_service_auth_v3.AuthorizationServer = (*Server)(nil)
 
-// New returns a Server. Every collaborator in cfg except Inspector is required.
+// New returns a Server. Every collaborator in cfg except Inspector and
+// Revocations is required.
 func New(cfg Config) (*Server, error) {
-	var missing []string
-	for name, v := range map[string]any{"Directory": cfg.Directory, "Store": cfg.Store, "Approvals": cfg.Approvals,
-		"Nonces": cfg.Nonces, "Verifier": cfg.Verifier, "Policy": cfg.Policy, "Audit": cfg.Audit} {
-		if v == nil || isNilPtr(v) {
-			missing = append(missing, name)
+	required := []struct {
+		name string
+		nil  bool
+	}{
+		{"Approvals", cfg.Approvals == nil}, {"Audit", cfg.Audit == nil}, {"Directory", cfg.Directory == nil},
+		{"Nonces", cfg.Nonces == nil}, {"Policy", cfg.Policy == nil}, {"Store", cfg.Store == nil},
+		{"Verifier", cfg.Verifier == nil},
+	}
+	var missing []error
+	for _, r := range required {
+		if r.nil {
+			missing = append(missing, errors.New(r.name))
 		}
 	}
 	if len(missing) > 0 {
-		return nil, errors.New("extauthz: missing " + joinSorted(missing))
+		return nil, errors.Join(append([]error{errors.New("extauthz: missing collaborators:")}, missing...)...)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -134,139 +176,120 @@ func New(cfg Config) (*Server, error) {
 	return srv, nil
 }
 
-// maxRedecide bounds how often one Check re-decides because the run moved
-// under it (another replica committed first). The last decision commits
-// without the version check: the store still enforces every budget and the
-// halt threshold atomically, so a hot run makes progress and stays exact.
-const maxRedecide = 1
-
 // Ready reports whether Checks can be allowed (policy loaded).
-func (s *Server) Ready() bool { return s.cfg.Policy.Ready() }
+func (s *Server) Ready() bool { return s.cfg.Policy.Current() != nil }
 
-// Check decides one request. It never returns an error: every failure is a
-// denial in the response.
+// Check decides one request and, unless it is a dry-run, commits it. It never
+// returns an error: every failure is a denial in the response.
 func (s *Server) Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) (resp *envoy_service_auth_v3.CheckResponse, err error) {
-	c := &check{req: req, start: s.cfg.Clock(), id: newID("d_")}
+	o := s.begin()
 	defer func() {
 		// Last resort: a panic outside the stages (building the audit record or
 		// the response) must neither allow nor take the server down.
 		if r := recover(); r != nil {
-			s.log.Error("check panicked after deciding; denying", "decision_id", c.id, "panic", r)
+			s.log.Error("check panicked after deciding; denying", "decision_id", o.id, "panic", r)
 			s.metrics.auditFailures.Inc()
-			resp, err = internalDeny(c.id), nil
+			resp, err = internalDeny(o.id), nil
 		}
 	}()
-	c.now = c.start
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.CheckTimeout)
-		defer cancel()
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	s.run(ctx, o, req, modeCheck)
+	s.finish(ctx, o)
+	return o.response(), nil
+}
+
+// Explain decides req as Check would, without committing anything, and
+// returns the decision with its full trace. The route is taken from the
+// routes file (the request's host and path), never from the caller's context
+// extensions; the explain and dry-run headers do not matter.
+func (s *Server) Explain(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) (b Body) {
+	o := s.begin()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("explain panicked; denying", "decision_id", o.id, "panic", r)
+			b = Body{Decision: policy.Deny, DecisionID: o.id, Reasons: []policy.Reason{{Code: string(reason.Internal), Message: "internal error"}}}
+		}
+	}()
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	s.run(ctx, o, req, modeExplain)
+	s.finish(ctx, o)
+	return o.body()
+}
+
+func (s *Server) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
 	}
-	s.decide(ctx, c)
-	rec := c.record(s.cfg.Policy.Version(), s.cfg.Clock().Sub(c.start))
+	return context.WithTimeout(ctx, s.cfg.CheckTimeout)
+}
+
+// begin starts an outcome on one snapshot of the policy and the directory.
+func (s *Server) begin() *outcome {
+	now := s.cfg.Clock()
+	return &outcome{id: newID("d_"), start: now, now: now, bundle: s.cfg.Policy.Current(), dir: s.cfg.Directory.current()}
+}
+
+// finish writes the audit record (a failure turns the decision into a deny),
+// then observes the outcome.
+func (s *Server) finish(ctx context.Context, o *outcome) {
+	rec := o.record(s.cfg.Clock().Sub(o.start))
 	if err := s.cfg.Audit.Write(rec); err != nil {
 		s.metrics.auditFailures.Inc()
-		s.log.Error("audit write failed; denying", "decision_id", c.id, "err", err)
-		c.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be audited"))
+		s.log.Error("audit write failed; denying", "decision_id", o.id, "err", err)
+		o.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be audited"))
 	}
-	s.observe(c)
+	s.observe(o)
 	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.logDecision(ctx, c)
+		s.logDecision(ctx, o)
 	}
-	return c.response(), nil
 }
 
 // logDecision is the per-Check debug line: codes, counts and hashes only.
-func (s *Server) logDecision(ctx context.Context, c *check) {
-	attrs := []slog.Attr{slog.String("decision_id", c.id), slog.String("decision", c.decision), slog.Int("status", c.status)}
-	if c.plan != nil {
-		attrs = append(attrs, slog.String("tool", c.plan.Route.Tool), slog.String("run_id", c.plan.RunID))
+func (s *Server) logDecision(ctx context.Context, o *outcome) {
+	attrs := []slog.Attr{slog.String("decision_id", o.id), slog.String("decision", o.verdict.Decision), slog.Int("status", o.verdict.Status)}
+	if o.plan != nil {
+		attrs = append(attrs, slog.String("tool", o.plan.Route.Tool))
 	}
-	codes := make([]string, len(c.reasons))
-	for i, r := range c.reasons {
+	if o.who != nil {
+		attrs = append(attrs, slog.String("run_id", o.who.Run.ID))
+	}
+	codes := make([]string, len(o.verdict.Reasons))
+	for i, r := range o.verdict.Reasons {
 		codes[i] = r.Code
 	}
-	detectors := make([]string, len(c.findings))
-	for i, f := range c.findings {
+	detectors := make([]string, len(o.findings.List))
+	for i, f := range o.findings.List {
 		detectors[i] = f.Detector + "@" + f.Location + "#" + f.Hash
 	}
-	attrs = append(attrs, slog.Any("reasons", codes), slog.Any("findings", detectors), slog.Float64("risk_total", c.riskTotal()))
+	attrs = append(attrs, slog.Any("reasons", codes), slog.Any("findings", detectors), slog.Float64("risk_total", o.riskTotal()))
 	s.log.LogAttrs(ctx, slog.LevelDebug, "check decided", attrs...)
 }
 
-type stage struct {
-	name string
-	run  func(context.Context, *check) *reason.Error
-}
-
-// decide runs the stages in order; the first that denies ends the Check. The
-// deciding stages run again, on the run's current state, when the store says
-// the state they decided on was stale.
-func (s *Server) decide(ctx context.Context, c *check) {
-	defer func() {
-		// A stage must never take the server down; a panic is an internal fault.
-		if r := recover(); r != nil {
-			s.log.Error("check panicked; denying", "decision_id", c.id, "panic", r)
-			c.fail(reason.New(reason.Internal, "internal error"))
-		}
-	}()
-	front := []stage{{"plan", s.parse}, {"token", s.authenticate}, {"egress", s.inspect}, {"run_state", s.loadRun}}
-	back := []stage{{"risk", s.assess}, {"policy", s.evaluate}, {"enforce", s.enforce}}
-	if !s.runStages(ctx, c, front) {
-		return
-	}
-	for attempt := 0; ; attempt++ {
-		c.redecide = false
-		c.lastAttempt = attempt == maxRedecide
-		if !s.runStages(ctx, c, back) || !c.redecide {
-			return
-		}
-		if c.lastAttempt {
-			c.fail(reason.New(reason.Internal, "the run state kept changing while this call was decided"))
-			return
-		}
-		c.resetDecision()
-	}
-}
-
-// runStages runs stages until one denies or settles the decision.
-func (s *Server) runStages(ctx context.Context, c *check, stages []stage) bool {
-	for _, st := range stages {
-		if err := st.run(ctx, c); err != nil {
-			c.traceStage(st.name, string(err.Code))
-			c.fail(err)
-			return false
-		}
-		c.traceStage(st.name, "ok")
-		if c.finished {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *Server) observe(c *check) {
+// observe records the outcome in the metrics. Every label value comes from the
+// routes file or from the product's own vocabulary (decisions, reason codes,
+// detectors, budgets), never from the caller.
+func (s *Server) observe(o *outcome) {
 	code := ""
-	if len(c.reasons) > 0 {
-		code = c.reasons[0].Code
+	if len(o.verdict.Reasons) > 0 {
+		code = o.verdict.Reasons[0].Code
 	}
 	tool := ""
-	if c.plan != nil {
-		tool = c.plan.Route.Tool
-		if c.plan.Route.RouteVersion != "" {
-			s.metrics.routeVersion.WithLabelValues(tool, c.plan.Route.RouteVersion).Set(1)
-		}
+	if o.plan != nil && o.plan.Route.Tool != "" {
+		tool = o.plan.Route.Tool
+		s.metrics.routeVersion.WithLabelValues(tool, o.plan.Route.RouteVersion).Set(1)
 	}
-	s.metrics.decisions.WithLabelValues(c.decision, tool, code).Inc()
-	s.metrics.latency.Observe(s.cfg.Clock().Sub(c.start).Seconds())
-	if c.assessed {
-		s.metrics.cumRisk.Observe(c.riskTotal())
+	s.metrics.decisions.WithLabelValues(o.verdict.Decision, tool, code).Inc()
+	s.metrics.latency.Observe(s.cfg.Clock().Sub(o.start).Seconds())
+	if o.assessment != nil {
+		s.metrics.cumRisk.Observe(o.riskTotal())
 	}
-	for _, f := range c.findings {
+	for _, f := range o.findings.List {
 		s.metrics.findings.WithLabelValues(f.Detector).Add(float64(f.Count))
 	}
-	if c.exceeded != "" && c.decision == policy.Deny {
-		s.metrics.budget.WithLabelValues(c.exceeded).Inc()
+	if a := o.assessment; a != nil && a.Exceeded != "" && o.verdict.Decision == policy.Deny {
+		s.metrics.budget.WithLabelValues(a.Exceeded).Inc()
 	}
 }
 

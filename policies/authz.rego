@@ -101,12 +101,12 @@ tool_allowed if {
 	input.route.tool in input.agent.allowed_tools
 }
 
+# Identity comes only from a verified capability token, on every route class:
+# model calls included (the token travels in x-aisecops-token there).
 identity_ok if {
 	agent_known
 	agent_authenticated
 }
-
-identity_ok if tool_class == "llm"
 
 permitted if {
 	identity_ok
@@ -151,7 +151,6 @@ deny_reasons contains {
 	"message": "a capability token is required for this tool",
 	"control_id": "AIS-CAP-01",
 } if {
-	tool_class != "llm"
 	not token_present
 }
 
@@ -160,7 +159,6 @@ deny_reasons contains {
 	"message": "the agent identity is not verified",
 	"control_id": "AIS-CAP-01",
 } if {
-	tool_class != "llm"
 	token_present
 	not agent_authenticated
 }

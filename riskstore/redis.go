@@ -8,7 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
+
 	"net/url"
 	"strconv"
 	"strings"
@@ -206,214 +206,17 @@ func (r *Redis) Ping(ctx context.Context) error {
 	return nil
 }
 
-// maxRunIDLen and validRunID mirror the plan parser's run id syntax. The id
-// ends up inside a hash tag, so '{' and '}' (and anything else) must not pass.
-const maxRunIDLen = 128
-
-func validRunID(id string) bool {
-	if id == "" || len(id) > maxRunIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case c == '.' || c == '_' || c == ':' || c == '@' || c == '-':
-		default:
-			return false
-		}
-	}
-	return true
+// Load, Commit and ClaimRun: placeholder while the Redis side moves to the new contract.
+func (r *Redis) Load(ctx context.Context, run RunRef, requestID string) (State, error) {
+	return State{}, errors.New("riskstore: redis: not implemented")
 }
 
-// runKeys are the keys of one run; all share the hash tag {run:<id>}.
-type runKeys [4]string
-
-func (r *Redis) runKeys(runID string) runKeys {
-	base := r.prefix + ":{run:" + runID + "}:"
-	return runKeys{base + "state", base + "steps", base + "req", base + "reqorder"}
+func (r *Redis) Commit(ctx context.Context, run RunRef, step Step, limits Limits, ttl time.Duration) (CommitResult, error) {
+	return CommitResult{}, errors.New("riskstore: redis: not implemented")
 }
 
-// requestField is the idempotency field for a request id. Long ids are hashed
-// so an agent-influenced header cannot make each remembered id large.
-func requestField(id string) string {
-	if len(id) <= 64 {
-		return id
-	}
-	sum := sha256.Sum256([]byte(id))
-	return "#" + hex.EncodeToString(sum[:])
-}
-
-// maxExactInt is the largest integer a Lua number (a double) holds exactly;
-// the script compares money in micro-units as Lua numbers.
-const maxExactInt = 1 << 53
-
-// Commit implements Store with one script call: one round trip, atomic.
-func (r *Redis) Commit(ctx context.Context, runID string, step Step, limits Limits, now time.Time, ttl time.Duration) (CommitResult, error) {
-	if !validRunID(runID) {
-		return CommitResult{}, fmt.Errorf("riskstore: commit: invalid run id %q", truncate(runID))
-	}
-	if err := checkNumbers(step, limits); err != nil {
-		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", runID, err)
-	}
-	if ttl <= 0 {
-		ttl = DefaultTTL
-	}
-	field := ""
-	if step.RequestID != "" {
-		field = requestField(step.RequestID)
-	} else {
-		field = r.anonPrefix + strconv.FormatUint(r.anonSeq.Add(1), 36)
-	}
-	nowSet, nowS, nowN := "0", "0", "0"
-	if !now.IsZero() {
-		nowSet, nowS, nowN = "1", strconv.FormatInt(now.Unix(), 10), strconv.Itoa(now.Nanosecond())
-	}
-	execS, execN := "", ""
-	if limits.MaxExecutionTime > 0 {
-		d := int64(limits.MaxExecutionTime)
-		execS, execN = strconv.FormatInt(d/1e9, 10), strconv.FormatInt(d%1e9, 10)
-	}
-	write := "0"
-	if step.Write {
-		write = "1"
-	}
-	risk := formatFloat(step.Summary.Risk)
-	keys := r.runKeys(runID)
-	res, err := commitScript.Run(ctx, r.client, keys[:],
-		field, nowSet, nowS, nowN,
-		strconv.FormatInt(limits.MaxToolCalls, 10),
-		strconv.FormatInt(limits.MaxWriteOperations, 10),
-		strconv.FormatInt(limits.MaxCostMicros, 10),
-		execS, execN,
-		formatFloat(limits.MaxRisk), formatFloat(riskEpsilon),
-		write, strconv.FormatInt(step.CostMicros, 10), risk,
-		encodeStep(step.Summary), risk+"|"+step.DecisionID,
-		strconv.Itoa(Window), strconv.Itoa(maxRequestIDs),
-		strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
-		strconv.FormatInt(step.ExpectVersion, 10),
-	).Slice()
-	if err != nil {
-		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", runID, err)
-	}
-	out, err := decodeReply(runID, res)
-	if err != nil {
-		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", runID, err)
-	}
-	res0, _ := res[0].(string)
-	switch res0 {
-	case "ok":
-		out.Outcome = Committed
-	case "dup":
-		out.Outcome = Duplicate
-		out.Prior, out.State.Prior = out.State.Prior, nil
-	case "refused":
-		out.Outcome = Refused
-	case "stale":
-		out.Outcome = Stale
-	default:
-		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: unexpected outcome %q", runID, res0)
-	}
-	return out, nil
-}
-
-// Load implements Store with one read-only script call.
-func (r *Redis) Load(ctx context.Context, runID, requestID string) (State, error) {
-	if !validRunID(runID) {
-		return State{}, fmt.Errorf("riskstore: load: invalid run id %q", truncate(runID))
-	}
-	field := ""
-	if requestID != "" {
-		field = requestField(requestID)
-	}
-	keys := r.runKeys(runID)
-	res, err := loadScript.Run(ctx, r.client, keys[:3], field).Slice()
-	if err != nil {
-		return State{}, fmt.Errorf("riskstore: load run %s: %w", runID, err)
-	}
-	out, err := decodeReply(runID, res)
-	if err != nil {
-		return State{}, fmt.Errorf("riskstore: load run %s: %w", runID, err)
-	}
-	return out.State, nil
-}
-
-// checkNumbers refuses values the script cannot compare exactly, and a risk
-// that is not a number: a NaN total would never exceed any threshold again.
-func checkNumbers(step Step, l Limits) error {
-	if math.IsNaN(step.Summary.Risk) || math.IsInf(step.Summary.Risk, 0) {
-		return errors.New("step risk is not a finite number")
-	}
-	if math.IsNaN(l.MaxRisk) || math.IsInf(l.MaxRisk, 0) {
-		return errors.New("max risk is not a finite number")
-	}
-	if step.CostMicros > maxExactInt || step.CostMicros < -maxExactInt || l.MaxCostMicros > maxExactInt {
-		return errors.New("cost out of range (|micros| > 2^53)")
-	}
-	if step.ExpectVersion < AnyVersion || step.ExpectVersion > maxExactInt {
-		return fmt.Errorf("expected version %d out of range", step.ExpectVersion)
-	}
-	return nil
-}
-
-// Reply layout shared by the commit and load scripts:
-// {outcome, limit, calls (also the version), writes, cost, risk, startedSec,
-// startedNsec, {steps…}, prior}.
-const replyLen = 10
-
-// limitNames maps the script's limit codes to Budget names.
-var limitNames = [...]string{"", BudgetToolCalls, BudgetWriteOps, BudgetCost, BudgetExecutionTime, BudgetRisk}
-
-func decodeReply(runID string, res []any) (CommitResult, error) {
-	if len(res) != replyLen {
-		return CommitResult{}, fmt.Errorf("unexpected reply of %d elements", len(res))
-	}
-	str := func(i int) string { s, _ := res[i].(string); return s }
-	var out CommitResult
-	out.State.RunID = runID
-	code, err := strconv.Atoi(str(1))
-	if err != nil || code < 0 || code >= len(limitNames) {
-		return CommitResult{}, fmt.Errorf("bad limit code %q", str(1))
-	}
-	out.Limit = limitNames[code]
-	ints := [3]*int64{&out.State.ToolCalls, &out.State.WriteOps, &out.State.CostMicros}
-	for i, p := range ints {
-		if *p, err = strconv.ParseInt(str(2+i), 10, 64); err != nil {
-			return CommitResult{}, fmt.Errorf("bad counter: %w", err)
-		}
-	}
-	// Every commit, and nothing else, adds one to calls: it is the version (see
-	// commitScript).
-	out.State.Version = out.State.ToolCalls
-	if out.State.RiskTotal, err = strconv.ParseFloat(str(5), 64); err != nil {
-		return CommitResult{}, fmt.Errorf("bad risk total: %w", err)
-	}
-	if s := str(6); s != "" {
-		sec, err1 := strconv.ParseInt(s, 10, 64)
-		nsec, err2 := strconv.ParseInt(str(7), 10, 64)
-		if err1 != nil || err2 != nil {
-			return CommitResult{}, errors.New("bad start time")
-		}
-		out.State.StartedAt = time.Unix(sec, nsec).UTC()
-	}
-	steps, _ := res[8].([]any)
-	if len(steps) > 0 {
-		out.State.Recent = make([]StepSummary, len(steps))
-		for i, v := range steps {
-			s, _ := v.(string)
-			if out.State.Recent[i], err = decodeStep(s); err != nil {
-				return CommitResult{}, err
-			}
-		}
-	}
-	if s := str(9); s != "" {
-		p, err := decodePrior(s)
-		if err != nil {
-			return CommitResult{}, err
-		}
-		out.State.Prior = &p
-	}
-	return out, nil
+func (r *Redis) ClaimRun(ctx context.Context, run RunRef, ttl time.Duration) (string, error) {
+	return "", errors.New("riskstore: redis: not implemented")
 }
 
 func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
@@ -424,4 +227,14 @@ func truncate(s string) string {
 		return s[:64] + "…"
 	}
 	return s
+}
+
+// requestField is the idempotency field for a request id. Long ids are hashed
+// so an agent-influenced header cannot make each remembered id large.
+func requestField(id string) string {
+	if len(id) <= 64 {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "#" + hex.EncodeToString(sum[:])
 }

@@ -178,7 +178,7 @@ local id = ARGV[1]
 if not alive(id, ARGV[2]) then return {'notfound'} end
 local a = get(id)
 local ok, doc = pcall(cjson.decode, a[1])
-if a[2] ~= 'approved' or not ok or type(doc) ~= 'table' or doc.plan_hash ~= ARGV[3] then
+if a[2] ~= 'approved' or not ok or type(doc) ~= 'table' or doc.binding ~= ARGV[3] then
   return {'conflict', a[1], a[2], a[3]}
 end
 redis.call('HSET', KEYS[2], id, 'used')

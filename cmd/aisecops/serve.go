@@ -235,7 +235,7 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	})
 
 	api := httpapi.Handler(httpapi.Config{
-		Checker: srv, Approvals: store, Gatherer: reg, Ready: ready,
+		Explainer: srv, Approvals: store, Gatherer: reg, Ready: ready,
 		AdminToken: o.adminToken, Logger: log, Extra: extra,
 		Public: map[string]http.Handler{
 			"POST /v1/tokens":            tokens.Handler(),

@@ -16,6 +16,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 )
 
 // Genesis is the prev_hash of a log's first line.
@@ -35,14 +37,6 @@ type Reason struct {
 	Code      string `json:"code"`
 	Message   string `json:"message"`
 	ControlID string `json:"control_id,omitempty"`
-}
-
-// Finding is an egress finding: never the matched value.
-type Finding struct {
-	Detector string `json:"detector"`
-	Location string `json:"location"`
-	Count    int    `json:"count"`
-	Hash     string `json:"hash"`
 }
 
 // Provenance is one context provenance label.
@@ -66,7 +60,8 @@ type Record struct {
 	ToolClass         string             `json:"tool_class"`
 	MCPMethod         string             `json:"mcp_method,omitempty"`
 	ArgumentsHash     string             `json:"arguments_hash"`
-	PlanHash          string             `json:"plan_hash,omitempty"`
+	RequestDigest     string             `json:"request_digest,omitempty"` // method, normalised path, query, body
+	Binding           string             `json:"binding,omitempty"`        // agent, tool, run, request digest: what an approval binds to
 	PromptHash        string             `json:"prompt_hash"`
 	ContextProvenance []Provenance       `json:"context_provenance"`
 	Decision          string             `json:"decision"`
@@ -76,7 +71,7 @@ type Record struct {
 	StepRisk          StepRisk           `json:"step_risk"`
 	CumulativeRisk    float64            `json:"cumulative_risk"`
 	BudgetConsumption map[string]float64 `json:"budget_consumption"`
-	EgressFindings    []Finding          `json:"egress_findings"`
+	EgressFindings    []finding.Finding  `json:"egress_findings"`
 	TokenJTI          string             `json:"token_jti"`
 	PolicyVersion     string             `json:"policy_version"`
 	RouteVersion      string             `json:"route_version"`

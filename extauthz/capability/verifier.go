@@ -129,8 +129,10 @@ func (v *Verifier) check(w *wireClaims, now time.Time) (*cacheEntry, error) {
 	if len(v.versions) > 0 && !slices.Contains(v.versions, w.PolicyVersion) {
 		return nil, reason.New(reason.TokenPolicyVersion, "token policy_version is not accepted")
 	}
-	if w.SingleUse && w.Jti == "" {
-		return nil, reason.New(reason.TokenClaims, "single-use token has no jti")
+	// Every token has an id: without one a token could be neither spent (the
+	// policy spends the tokens of state-changing calls) nor revoked by id.
+	if w.Jti == "" || len(w.Jti) > maxJTILen {
+		return nil, reason.New(reason.TokenClaims, "token has no valid jti")
 	}
 	if c := w.Constraints; c != nil {
 		if (c.MaxRows != nil && *c.MaxRows < 0) || (c.MaxCost != nil && *c.MaxCost < 0) {
@@ -151,6 +153,9 @@ func (v *Verifier) check(w *wireClaims, now time.Time) (*cacheEntry, error) {
 	e.claims = fromWire(w)
 	return e, nil
 }
+
+// maxJTILen bounds a token id (it is stored as a single-use key).
+const maxJTILen = 256
 
 // core is the verification shared by capability tokens and workload credentials:
 // size, structure, header, key selection and signature.

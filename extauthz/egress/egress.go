@@ -11,7 +11,8 @@
 // compression bomb, a corrupt body, encodings nested past the depth bound) is a
 // *reason.Error with reason.EgressBlocked so the caller denies it.
 //
-// It must not import other extauthz packages except extauthz/reason.
+// It must not import other extauthz packages except extauthz/reason and
+// extauthz/finding.
 package egress
 
 import (
@@ -21,6 +22,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
 )
 
@@ -105,17 +107,18 @@ func DefaultMaxBodyBytes(class string) int {
 	}
 }
 
-// Finding classes.
+// Finding classes (package finding's vocabulary).
 const (
-	ClassSecret      = "secret"
-	ClassPII         = "pii"
-	ClassDestination = "destination"
-	ClassInjection   = "injection"
-	ClassSize        = "size"
+	ClassSecret      = finding.Secret
+	ClassPII         = finding.PII
+	ClassDestination = finding.Destination
+	ClassInjection   = finding.Injection
+	ClassSize        = finding.Size
 	// ClassSensitive marks document-level sensitivity evidence (classification
 	// markers such as CONFIDENTIAL, a density of contract clauses): not a value
-	// that leaks by itself, but what seed 3.5 calls contract terms in output.
-	ClassSensitive = "sensitive"
+	// that leaks by itself, but what the spec's scenario 3.5 calls contract
+	// terms in output.
+	ClassSensitive = finding.Sensitive
 )
 
 // Finding is one detector hit. The matched value never appears; Hash is a
@@ -123,13 +126,7 @@ const (
 // deployment while low-entropy values (card numbers) cannot be brute-forced
 // from the audit log without the key. Hash is empty for findings about the
 // request's shape (size) rather than a value.
-type Finding struct {
-	Detector string `json:"detector"`
-	Location string `json:"location"`
-	Class    string `json:"class"`
-	Count    int    `json:"count"`
-	Hash     string `json:"hash,omitempty"`
-}
+type Finding = finding.Finding
 
 // Result is the outcome of one inspection.
 type Result struct {

@@ -20,12 +20,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/aisecops/aisecops-envoy/extauthz"
 	"github.com/aisecops/aisecops-envoy/riskstore"
 )
 
-// Checker is the authz server as the explain endpoint sees it.
-type Checker interface {
-	Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) (*envoy_service_auth_v3.CheckResponse, error)
+// Explainer is the authz server as the explain endpoint sees it: it decides a
+// CheckRequest without committing anything.
+type Explainer interface {
+	Explain(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) extauthz.Body
 }
 
 // ReadyFunc reports nil when its component can serve.
@@ -33,7 +35,7 @@ type ReadyFunc func(ctx context.Context) error
 
 // Config wires the API.
 type Config struct {
-	Checker   Checker
+	Explainer Explainer
 	Approvals riskstore.Approvals
 	Gatherer  prometheus.Gatherer
 	Ready     map[string]ReadyFunc
@@ -67,11 +69,11 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("GET /v1/approvals", a.listApprovals)
-	mux.HandleFunc("GET /v1/approvals/{id}", a.getApproval)
+	mux.HandleFunc("GET /v1/approvals", a.admin(a.listApprovals))
+	mux.HandleFunc("GET /v1/approvals/{id}", a.admin(a.getApproval))
 	mux.HandleFunc("POST /v1/approvals/{id}/approve", a.admin(a.decide(true)))
 	mux.HandleFunc("POST /v1/approvals/{id}/reject", a.admin(a.decide(false)))
-	mux.HandleFunc("POST /v1/explain", a.explain)
+	mux.HandleFunc("POST /v1/explain", a.admin(a.explain))
 	for pattern, h := range cfg.Extra {
 		if strings.HasPrefix(pattern, "POST ") {
 			h = RequireAdmin(cfg.AdminToken, h) // every mutating extra is an admin action
@@ -189,8 +191,10 @@ func (a *api) decide(approve bool) http.HandlerFunc {
 	}
 }
 
-// explain runs a CheckRequest (protojson, as Envoy would send it) in explain
-// mode: the full trace comes back and nothing is committed.
+// explain decides a CheckRequest (protojson, as Envoy would send it) without
+// committing anything and answers the decision with its full trace. The
+// route comes from the routes file, never from the request's context
+// extensions; the explain and dry-run headers play no part.
 func (a *api) explain(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil || len(data) > maxBody {
@@ -202,28 +206,9 @@ func (a *api) explain(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "body is not a CheckRequest: "+err.Error())
 		return
 	}
-	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	if httpReq == nil {
+	if req.GetAttributes().GetRequest().GetHttp() == nil {
 		writeError(w, http.StatusBadRequest, "attributes.request.http is required")
 		return
 	}
-	if httpReq.Headers == nil {
-		httpReq.Headers = map[string]string{}
-	}
-	if _, dup := httpReq.Headers["x-aisecops-explain"]; dup {
-		writeError(w, http.StatusBadRequest, "do not set x-aisecops-explain; this endpoint sets it")
-		return
-	}
-	httpReq.Headers["x-aisecops-explain"] = "true"
-	resp, err := a.cfg.Checker.Check(r.Context(), req)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "check failed")
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	if d := resp.GetDeniedResponse(); d != nil {
-		io.WriteString(w, d.GetBody())
-		return
-	}
-	writeError(w, http.StatusInternalServerError, "explain produced no trace")
+	writeJSON(w, http.StatusOK, a.cfg.Explainer.Explain(r.Context(), req))
 }

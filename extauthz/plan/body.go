@@ -10,6 +10,7 @@ import (
 
 // bodyInfo is what the body says about the call.
 type bodyInfo struct {
+	doc        *value // the parsed JSON body, when it is JSON
 	source     Source
 	mcpMethod  string
 	mcpMethods []string
@@ -85,6 +86,12 @@ func parseBody(route Route, body []byte, contentType string, o Options) (bodyInf
 	if err != nil {
 		return bodyInfo{}, err
 	}
+	bi, err := classify(route, &doc, mcpRoute, o)
+	bi.doc = &doc
+	return bi, err
+}
+
+func classify(route Route, doc *value, mcpRoute bool, o Options) (bodyInfo, error) {
 	if route.ToolClass == "llm" {
 		// The LLM request itself is read by the context firewall; here it only
 		// has to be strict JSON.
@@ -92,14 +99,14 @@ func parseBody(route Route, body []byte, contentType string, o Options) (bodyInf
 	}
 	switch doc.kind {
 	case kindObject:
-		return parseObjectBody(&doc, mcpRoute)
+		return parseObjectBody(doc, mcpRoute)
 	case kindArray:
-		return parseBatch(&doc, mcpRoute, o)
+		return parseBatch(doc, mcpRoute, o)
 	}
 	if mcpRoute {
 		return bodyInfo{}, badPlan("body on an MCP route is not JSON-RPC")
 	}
-	return none, nil
+	return bodyInfo{source: SourceNone}, nil
 }
 
 func parseObjectBody(doc *value, mcpRoute bool) (bodyInfo, error) {

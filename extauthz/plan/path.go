@@ -46,6 +46,10 @@ func requestLine(p *Plan, h *headers, hr *envoy_service_auth_v3.AttributeContext
 		return err
 	}
 	p.RawPath = rawPath
+	if _, q, ok := strings.Cut(rawPath, "?"); ok {
+		q, _, _ = strings.Cut(q, "#")
+		p.Query = q
+	}
 
 	authority, err := pick(h.authority, hr.GetHost(), hAuthority)
 	if err != nil {

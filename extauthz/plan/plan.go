@@ -46,18 +46,35 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// FromCheckRequest parses one Check into a Plan. Every error is a *reason.Error;
-// it never panics, whatever the request holds.
+// Resolver decides which route a request is on, from the Check's context
+// extensions and the request line as the upstream will route it (host
+// lowercased without its port, path normalised without its query). Its errors
+// are *reason.Error (route_unconfigured).
+type Resolver func(ext map[string]string, method, host, path string) (Route, error)
+
+// ExtensionRoutes is the Resolver that believes the context extensions alone:
+// what a deployment without a routes file of its own can do. The authz server
+// resolves against its routes file instead (see extauthz).
+func ExtensionRoutes(ext map[string]string, _, _, _ string) (Route, error) {
+	return RouteFromExtensions(ext)
+}
+
+// FromCheckRequest parses one Check into a Plan, its route taken from the
+// context extensions (ExtensionRoutes).
 func FromCheckRequest(req *envoy_service_auth_v3.CheckRequest, opts Options) (*Plan, error) {
+	return Parse(req, opts, ExtensionRoutes)
+}
+
+// Parse parses one Check into a Plan on the route resolve decides. Every
+// error is a *reason.Error; it never panics, whatever the request holds. A
+// Plan returned with an error holds what was parsed before it (the route,
+// when known), for the audit line.
+func Parse(req *envoy_service_auth_v3.CheckRequest, opts Options, resolve Resolver) (*Plan, error) {
 	o := opts.withDefaults()
 	if req == nil {
 		return nil, reason.New(reason.BadRequest, "empty check request")
 	}
 	attrs := req.GetAttributes()
-	route, err := routeFromExtensions(attrs.GetContextExtensions())
-	if err != nil {
-		return nil, err
-	}
 	hr := attrs.GetRequest().GetHttp()
 	if hr == nil {
 		return nil, reason.New(reason.BadRequest, "check request carries no HTTP request")
@@ -65,60 +82,67 @@ func FromCheckRequest(req *envoy_service_auth_v3.CheckRequest, opts Options) (*P
 	if id := hr.GetId(); id != "" && !validID(id, idChars) {
 		return nil, reason.New(reason.BadRequest, "request id is not valid")
 	}
-	p := &Plan{RequestID: hr.GetId(), Route: route, Source: SourceNone}
+	p := &Plan{RequestID: hr.GetId(), Source: SourceNone}
 
 	h, err := collectHeaders(hr, o)
 	if err != nil {
 		return nil, err
 	}
-	if err := h.apply(p, o, route.ToolClass == "llm"); err != nil {
-		return nil, err
-	}
 	if err := requestLine(p, h, hr); err != nil {
 		return nil, err
+	}
+	route, err := resolve(attrs.GetContextExtensions(), p.Method, p.Host, p.Path)
+	if err != nil {
+		return nil, err
+	}
+	p.Route = route
+	if err := h.apply(p, o, route.ToolClass == "llm"); err != nil {
+		return p, err
 	}
 
 	// The partial-body marker is checked before the body is looked at: a cut
 	// body may end right before the argument that matters.
 	if h.partial {
-		return nil, reason.New(reason.PartialBody, "request body was truncated")
+		return p, reason.New(reason.PartialBody, "request body was truncated")
 	}
 	body := hr.GetRawBody()
 	if len(body) == 0 && hr.GetBody() != "" {
 		body = []byte(hr.GetBody())
 	}
 	if len(body) > o.MaxBodyBytes {
-		return nil, reason.New(reason.PartialBody, "request body is over the size limit")
+		return p, reason.New(reason.PartialBody, "request body is over the size limit")
 	}
 	// size is the request's Content-Length (-1 when unknown): a body shorter than
 	// it is a body Envoy did not send us in full, whatever the header says.
 	if size := hr.GetSize(); size > int64(len(body)) {
-		return nil, reason.New(reason.PartialBody, "request body was truncated")
+		return p, reason.New(reason.PartialBody, "request body was truncated")
 	}
 	if len(body) > 0 && h.encoded {
-		return nil, reason.New(reason.BadPlan, "content-encoded request bodies are not accepted")
+		return p, reason.New(reason.BadPlan, "content-encoded request bodies are not accepted")
 	}
 	p.ContentType = h.contentType.v
 	if len(body) > 0 {
+		p.RawBody = body
 		p.Body = body
 	}
 
 	bi, err := parseBody(route, body, h.contentType.v, o)
 	if err != nil {
-		return nil, err
+		return p, err
 	}
+	p.doc = bi.doc
 	var hp *planDoc
 	if h.plan.n > 0 {
 		if hp, err = parsePlanHeader(h.plan.v, o); err != nil {
-			return nil, err
+			return p, err
 		}
 	}
 	if err := merge(p, bi, hp); err != nil {
-		return nil, err
+		return p, err
 	}
 	for _, c := range p.Calls {
 		if err := CheckTool(route, p.Source, c); err != nil {
-			return nil, err
+			return p, err
 		}
 	}
 
@@ -183,7 +207,9 @@ const (
 	extMCPTools     = "mcp_tools"
 )
 
-func routeFromExtensions(ext map[string]string) (Route, error) {
+// RouteFromExtensions reads a Route from a Check's context extensions, as the
+// control plane sets them per route.
+func RouteFromExtensions(ext map[string]string) (Route, error) {
 	var r Route
 	get := func(k string) (string, error) {
 		v, ok := ext[k]

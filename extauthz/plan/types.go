@@ -50,6 +50,7 @@ type Plan struct {
 	Host    string // :authority / host, lowercased, port stripped
 	Path    string // normalised as the upstream will route it ("//a/../b" → "/b")
 	RawPath string // path exactly as received
+	Query   string // the raw query after '?' ("" when none), fragment dropped
 
 	Token      string // capability token: authorization, or x-aisecops-token on llm routes (never logged, never audited)
 	RunID      string // x-aisecops-run-id, else Mcp-Session-Id, else trace id
@@ -78,7 +79,20 @@ type Plan struct {
 	Headers         map[string]string
 	ContentType     string
 	ContentEncoding string
-	Body            []byte // the body as Envoy sent it (raw_body preferred)
+	// RawBody is the body as Envoy sent it (raw_body preferred); Body is the
+	// same body as text (UTF-8) the way the upstream reads it: what parsing,
+	// scanning and policy look at.
+	RawBody []byte
+	Body    []byte
+
+	doc *value // the parsed JSON body, when it is JSON (see Fields)
+}
+
+// RequestDigest is the SHA-256 of the exact request the upstream receives:
+// method, normalised path, query and body bytes. An approval binds to it, so
+// an approved call cannot be swapped for another one under the same run.
+func (p *Plan) RequestDigest() string {
+	return Hash([]byte(p.Method), []byte(p.Path), []byte(p.Query), p.RawBody)
 }
 
 // Call0 returns the plan's tool call, or a zero Call when there is none.

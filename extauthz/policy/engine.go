@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -31,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 	"github.com/aisecops/aisecops-envoy/policies"
 )
 
@@ -54,7 +54,7 @@ type Engine struct {
 	source string // for logs: the directory or "embedded"
 	log    *slog.Logger
 
-	cur atomic.Pointer[compiled]
+	cur atomic.Pointer[Bundle]
 
 	reloadMu sync.Mutex // serialises Reload and Watch
 	seenKey  string     // content hash (or read error) of the last load attempt
@@ -171,47 +171,66 @@ func (e *Engine) reloadIfChanged(ctx context.Context) {
 // Ready reports whether a bundle is loaded.
 func (e *Engine) Ready() bool { return e.cur.Load() != nil }
 
-// Version is data.aisecops.policy_version of the serving bundle, or its content
-// hash when the bundle names no version; "" when not ready.
-func (e *Engine) Version() string {
-	if c := e.cur.Load(); c != nil {
-		return c.version
-	}
-	return ""
+// Current is the serving bundle, or nil when none is loaded. A caller that
+// needs several of its answers (a decision, the escalation rules, the
+// version) takes it once and asks it, so all come from one bundle.
+func (e *Engine) Current() *Bundle { return e.cur.Load() }
+
+// Version is the serving bundle's version; "" when not ready.
+func (e *Engine) Version() string { return e.Current().Version() }
+
+// Hash is the serving bundle's content hash; "" when not ready.
+func (e *Engine) Hash() string { return e.Current().Hash() }
+
+// AcceptedPolicyVersions is the serving bundle's accepted policy versions.
+func (e *Engine) AcceptedPolicyVersions() []string { return e.Current().AcceptedPolicyVersions() }
+
+// Eval evaluates the serving bundle (Bundle.Eval).
+func (e *Engine) Eval(ctx context.Context, in *Input) (Decision, error) {
+	return e.Current().Eval(ctx, in)
 }
 
-// Hash is the content hash of the serving bundle ("sha256:…"); "" when not ready.
-func (e *Engine) Hash() string {
-	if c := e.cur.Load(); c != nil {
-		return c.hash
+// Version is data.aisecops.policy_version of the bundle, or its content hash
+// when the bundle names no version; "" for a nil Bundle.
+func (c *Bundle) Version() string {
+	if c == nil {
+		return ""
 	}
-	return ""
+	return c.version
 }
 
-// Escalation returns the serving bundle's escalation rules (data.aisecops.escalation).
+// Hash is the content hash of the bundle ("sha256:…"); "" for a nil Bundle.
+func (c *Bundle) Hash() string {
+	if c == nil {
+		return ""
+	}
+	return c.hash
+}
+
+// Escalation returns the bundle's escalation rules (data.aisecops.escalation).
 //
-// The slice is shared by every caller and must not be modified: it is read on
-// every Check, and a reload swaps in a new slice rather than changing this one.
-func (e *Engine) Escalation() []EscalationRule {
-	if c := e.cur.Load(); c != nil {
-		return c.escalation
+// The slice is shared by every caller and must not be modified: a reload
+// publishes a new Bundle rather than changing this one.
+func (c *Bundle) Escalation() []EscalationRule {
+	if c == nil {
+		return nil
 	}
-	return nil
+	return c.escalation
 }
 
 // AcceptedPolicyVersions returns data.aisecops.accepted_policy_versions.
-func (e *Engine) AcceptedPolicyVersions() []string {
-	if c := e.cur.Load(); c != nil {
-		return append([]string(nil), c.accepted...)
+func (c *Bundle) AcceptedPolicyVersions() []string {
+	if c == nil {
+		return nil
 	}
-	return nil
+	return append([]string(nil), c.accepted...)
 }
 
 // Eval evaluates the policy for one Check. On any failure it returns a deny
 // Decision carrying the failure's code and a *reason.Error: PolicyNotReady
-// without a bundle, PolicyTimeout when ctx ends first, PolicyError for an
+// for a nil Bundle, PolicyTimeout when ctx ends first, PolicyError for an
 // undefined, conflicting, erroring or ill-shaped result. It never panics.
-func (e *Engine) Eval(ctx context.Context, in *Input) (d Decision, err error) {
+func (c *Bundle) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = reason.Wrap(reason.PolicyError, fmt.Errorf("panic: %v", r), "policy evaluation failed")
@@ -220,7 +239,6 @@ func (e *Engine) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 			d = denyFor(err)
 		}
 	}()
-	c := e.cur.Load()
 	if c == nil {
 		return Decision{}, reason.New(reason.PolicyNotReady, "policy not loaded")
 	}
@@ -235,11 +253,7 @@ func (e *Engine) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	if err != nil {
 		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy input invalid")
 	}
-	return c.eval(ctx, rego.EvalParsedInput(v))
-}
-
-func (c *compiled) eval(ctx context.Context, input rego.EvalOption) (Decision, error) {
-	rs, err := run(ctx, c.query, input)
+	rs, err := run(ctx, c.query, rego.EvalParsedInput(v))
 	if err != nil {
 		return Decision{}, err
 	}

@@ -2,8 +2,11 @@ package policy
 
 import (
 	"encoding/json"
+	"slices"
 
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 )
 
 // Input is the document Rego sees as `input`. Arithmetic (risk, budget ratios)
@@ -33,17 +36,15 @@ type Input struct {
 
 // Derive fills the facts computed from other fields (FindingClasses,
 // Run.Tainted, Run.ReadInternal), so the policy tests them with plain
-// equalities instead of iterating. Engine.Eval calls it on every input.
+// equalities instead of iterating. Bundle.Eval calls it on every input.
 func (in *Input) Derive() {
 	in.FindingClasses = make(map[string]bool, len(in.Findings))
 	for _, f := range in.Findings {
 		in.FindingClasses[f.Class] = true
 	}
-	in.Run.Tainted, in.Run.ReadInternal = false, false
-	for _, s := range in.Run.Recent {
-		in.Run.Tainted = in.Run.Tainted || s.Untrusted
-		in.Run.ReadInternal = in.Run.ReadInternal || s.Class == "read" && s.Trust == "internal"
-	}
+	in.Run.Tainted = slices.Contains(in.Run.Facts, risk.FactUntrusted) ||
+		slices.Contains(in.Run.Facts, risk.FactFinding(finding.Injection))
+	in.Run.ReadInternal = slices.Contains(in.Run.Facts, risk.FactStep("read", "internal"))
 }
 
 // Time is the Check's clock reading.
@@ -80,9 +81,11 @@ type Plan struct {
 	Tool          string          `json:"tool"`
 	Arguments     json.RawMessage `json:"arguments"`
 	ArgumentsHash string          `json:"arguments_hash"`
-	PlanHash      string          `json:"plan_hash"` // tool + arguments + run: what an approval binds to
-	TraceID       string          `json:"trace_id"`
-	RunID         string          `json:"run_id"`
+	// Binding is what an approval binds to: agent, tool, run and the digest of
+	// the exact request (method, normalised path, query, body).
+	Binding string `json:"binding"`
+	TraceID string `json:"trace_id"`
+	RunID   string `json:"run_id"`
 }
 
 // Token is the verified capability token (never the raw token).
@@ -119,23 +122,17 @@ type Budget struct {
 
 // Run is the run's state before this step.
 type Run struct {
-	ID        string    `json:"id"`
-	ToolCalls int64     `json:"tool_calls"`
-	WriteOps  int64     `json:"write_operations"`
-	Cost      float64   `json:"cost"`
-	Recent    []RunStep `json:"recent"`
-	// Tainted: a recent step carried untrusted context (Derive).
+	ID        string  `json:"id"`
+	ToolCalls int64   `json:"tool_calls"`
+	WriteOps  int64   `json:"write_operations"`
+	Cost      float64 `json:"cost"`
+	// Facts are the run's sticky facts (package risk names them): what any
+	// earlier step of the run read, consumed or carried.
+	Facts []string `json:"facts"`
+	// Tainted: an earlier step consumed untrusted context (Derive).
 	Tainted bool `json:"tainted"`
-	// ReadInternal: a recent step read internal data (Derive).
+	// ReadInternal: an earlier step read internal data (Derive).
 	ReadInternal bool `json:"read_internal"`
-}
-
-// RunStep is one recent step of the run.
-type RunStep struct {
-	Tool      string `json:"tool"`
-	Class     string `json:"class"`
-	Trust     string `json:"trust"`
-	Untrusted bool   `json:"untrusted"`
 }
 
 // Approval is the state of the approval the agent presented, if any.
@@ -147,15 +144,9 @@ type Approval struct {
 	Status string `json:"status,omitempty"`
 }
 
-// Finding is one egress inspection result. The matched value never appears.
-type Finding struct {
-	Detector string `json:"detector"`
-	Location string `json:"location"`
-	Count    int    `json:"count"`
-	Hash     string `json:"hash"`
-	// Class groups detectors for policy: "secret", "pii", "destination", "injection", "size".
-	Class string `json:"class"`
-}
+// Finding is one egress inspection result (the one vocabulary of package
+// finding). The matched value never appears.
+type Finding = finding.Finding
 
 // Reason is one reason in a decision.
 type Reason struct {

@@ -25,8 +25,12 @@ import (
 // a runaway file (a log written into it) must not take the server down.
 const maxBundleBytes = 16 << 20
 
-// compiled is one loaded, prepared bundle. It is immutable once published.
-type compiled struct {
+// Bundle is one loaded, prepared policy bundle: its compiled queries, its
+// version and the data the Go side reads (escalation rules, accepted policy
+// versions). It is immutable once published, so a Check that takes one Bundle
+// at its start decides, computes risk and audits under that one version even
+// when a reload lands meanwhile.
+type Bundle struct {
 	query      rego.PreparedEvalQuery
 	tokenQuery rego.PreparedEvalQuery // TokenQuery; undefined (so policy_error) in a bundle without it
 	version    string
@@ -112,7 +116,7 @@ func readBundle(fsys fs.FS, caps *ast.Capabilities, withTests bool) (*bundle.Bun
 // load reads, compiles and prepares the bundle. key identifies what was seen
 // (the content hash, or the error when the files could not be read), so Watch
 // retries only after a change.
-func load(ctx context.Context, fsys fs.FS) (c *compiled, key string, err error) {
+func load(ctx context.Context, fsys fs.FS) (c *Bundle, key string, err error) {
 	_, hash, err := readBundleFiles(fsys)
 	if err != nil {
 		return nil, "error: " + err.Error(), err
@@ -126,7 +130,7 @@ func load(ctx context.Context, fsys fs.FS) (c *compiled, key string, err error) 
 	for _, m := range b.Modules {
 		mods = append(mods, m.Parsed)
 	}
-	c = &compiled{hash: hash, readsArgs: readsArguments(mods)}
+	c = &Bundle{hash: hash, readsArgs: readsArguments(mods)}
 	if err := c.readData(b.Data); err != nil {
 		return nil, hash, err
 	}
@@ -156,7 +160,7 @@ func prepare(ctx context.Context, query string, b *bundle.Bundle, caps *ast.Capa
 // readData takes data.aisecops.{policy_version, accepted_policy_versions,
 // escalation} into Go types, strictly: a malformed rule rejects the bundle
 // rather than silently changing risk.
-func (c *compiled) readData(data map[string]any) error {
+func (c *Bundle) readData(data map[string]any) error {
 	c.version = c.hash
 	ns, _ := data["aisecops"].(map[string]any)
 	if ns == nil {

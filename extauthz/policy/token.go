@@ -91,7 +91,12 @@ const maxPolicyTTLSeconds = 86400
 // first, PolicyError for an undefined, conflicting, erroring or ill-shaped
 // result (a bundle without package aisecops.tokens is such a bundle). It never
 // panics.
-func (e *Engine) EvalToken(ctx context.Context, in *TokenInput) (d TokenDecision, err error) {
+func (e *Engine) EvalToken(ctx context.Context, in *TokenInput) (TokenDecision, error) {
+	return e.Current().EvalToken(ctx, in)
+}
+
+// EvalToken evaluates the bundle's token-issuance policy (Engine.EvalToken).
+func (c *Bundle) EvalToken(ctx context.Context, in *TokenInput) (d TokenDecision, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = reason.Wrap(reason.PolicyError, fmt.Errorf("panic: %v", r), "policy evaluation failed")
@@ -101,7 +106,6 @@ func (e *Engine) EvalToken(ctx context.Context, in *TokenInput) (d TokenDecision
 			d = TokenDecision{Decision: Deny, Reasons: dd.Reasons}
 		}
 	}()
-	c := e.cur.Load()
 	if c == nil {
 		return TokenDecision{}, reason.New(reason.PolicyNotReady, "policy not loaded")
 	}

@@ -184,7 +184,7 @@ func (c *converter) plan(p *Plan, args ast.Value) ast.Value {
 		item("tool", ast.String(p.Tool)),
 		item("arguments", args),
 		item("arguments_hash", ast.String(p.ArgumentsHash)),
-		item("plan_hash", ast.String(p.PlanHash)),
+		item("binding", ast.String(p.Binding)),
 		item("trace_id", ast.String(p.TraceID)),
 		item("run_id", ast.String(p.RunID)),
 	)
@@ -265,22 +265,12 @@ func (c *converter) budget(b *Budget) ast.Value {
 }
 
 func (c *converter) run(r *Run) ast.Value {
-	recent := make([]*ast.Term, len(r.Recent))
-	for i := range r.Recent {
-		s := &r.Recent[i]
-		recent[i] = ast.NewTerm(obj(
-			item("tool", ast.String(s.Tool)),
-			item("class", ast.String(s.Class)),
-			item("trust", ast.String(s.Trust)),
-			item("untrusted", ast.Boolean(s.Untrusted)),
-		))
-	}
 	return obj(
 		item("id", ast.String(r.ID)),
 		item("tool_calls", intNum(r.ToolCalls)),
 		item("write_operations", intNum(r.WriteOps)),
 		item("cost", c.num("run.cost", r.Cost)),
-		item("recent", ast.NewArray(recent...)),
+		item("facts", stringArray(r.Facts)),
 		item("tainted", ast.Boolean(r.Tainted)),
 		item("read_internal", ast.Boolean(r.ReadInternal)),
 	)

@@ -27,6 +27,7 @@ const (
 	AgentMismatch     Code = "agent_mismatch"     // the plan names an agent other than the token's
 	AgentUnknown      Code = "agent_unknown"      // agent not in the configuration
 	RunMismatch       Code = "run_mismatch"       // token bound to another run
+	RunNotOwned       Code = "run_not_owned"      // the run id belongs to another agent
 
 	TokenMissing       Code = "token_missing"
 	TokenMalformed     Code = "token_malformed"
@@ -120,4 +121,23 @@ func CodeOf(err error) Code {
 		return e.Code
 	}
 	return Internal
+}
+
+// ControlID maps a code decided before or around policy to the AISecOps
+// control it enforces (policy reasons carry their own).
+func ControlID(c Code) string {
+	switch c {
+	case TokenExpired, TokenLifetime, TokenNotYetValid:
+		return "AIS-CAP-02"
+	case TokenMissing, TokenMalformed, TokenTooLarge, TokenAlgorithm, TokenUnknownKey,
+		TokenForbiddenHdr, TokenSignature, TokenAudience, TokenIssuer, TokenClaims,
+		TokenToolMismatch, TokenPolicyVersion, TokenScope, TokenReplayed, TokenRevoked,
+		TokenConstraint, AgentMismatch, AgentUnknown, RunMismatch, RunNotOwned:
+		return "AIS-CAP-01"
+	case BudgetExceeded, RiskHalt:
+		return "AIS-RSK-01"
+	case StoreUnavailable, AuditFailed:
+		return "AIS-OBS-01"
+	}
+	return "AIS-EXE-01"
 }

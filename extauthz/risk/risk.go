@@ -1,7 +1,9 @@
 // Package risk computes one step's chain risk, step = R_step × E × T × B
-// (AISecOps section 8, DESIGN §5). It is pure arithmetic over the route, the
-// context's provenance, the run's recent steps and its budget consumption; it
-// holds no state and decides nothing (thresholds are policy).
+// (AISecOps section 8, the chain risk model). It is pure arithmetic over the
+// route, the context's provenance, the run's sticky facts and its budget
+// consumption; it holds no state and decides nothing (thresholds are policy).
+// It also names the facts a step leaves on its run, which the escalation rules
+// and the policy read for the rest of the run.
 package risk
 
 import (
@@ -9,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 	"github.com/aisecops/aisecops-envoy/riskstore"
 )
 
@@ -25,21 +28,52 @@ const (
 	MinB, MaxB = 1.0, 2.0
 )
 
+// Facts a committed step leaves on its run. They are sticky: a read of
+// internal data or untrusted context early in a run escalates an external
+// send or an exec at any later step, however many steps come between.
+const (
+	// FactUntrusted: the run consumed untrusted context (an untrusted
+	// provenance label, or instructions injected into it).
+	FactUntrusted = "context:untrusted"
+)
+
+// FactStep is the fact of a step of class on a route of trust.
+func FactStep(class, trust string) string { return "step:" + class + ":" + trust }
+
+// FactFinding is the fact of a finding of class in a step.
+func FactFinding(class string) string { return "finding:" + class }
+
+// StepFacts are the facts one step leaves on its run.
+func StepFacts(class, trust string, untrusted bool, findingClasses []string) []string {
+	out := make([]string, 0, 2+len(findingClasses))
+	out = append(out, FactStep(class, trust))
+	if untrusted {
+		out = append(out, FactUntrusted)
+	}
+	for _, c := range findingClasses {
+		out = append(out, FactFinding(c))
+	}
+	return out
+}
+
+// trusts are the route trust levels, for rules that match any trust.
+var trusts = []string{"internal", "neutral", "untrusted"}
+
 // FindingE is the escalation a finding class brings to its step: a secret in
 // the payload is as grave as an exec after a sensitive read; personal data,
 // confidential documents and off-route destinations less so. 1 for the rest.
 func FindingE(class string) float64 {
 	switch class {
-	case "secret":
+	case finding.Secret:
 		return 2.0
-	case "pii", "sensitive", "destination":
+	case finding.PII, finding.Sensitive, finding.Destination:
 		return 1.5
 	}
 	return MinE
 }
 
-// EscalationRule raises E when a step of a class in When follows, within the
-// run's recent window, a step of a class in After whose trust is in AfterTrust
+// EscalationRule raises E when a step of a class in When follows, anywhere
+// earlier in the run, a step of a class in After whose trust is in AfterTrust
 // (empty AfterTrust matches any trust). Rules live in the policy bundle's data.
 type EscalationRule struct {
 	Name       string   `json:"name"`
@@ -74,14 +108,15 @@ type Factors struct {
 	Escalations []string
 }
 
-// Compute returns the step's factors given the run's recent steps.
-func Compute(s Step, recent []riskstore.StepSummary, rules []EscalationRule) Factors {
+// Compute returns the step's factors given the run's sticky facts (has
+// reports whether the run has a fact).
+func Compute(s Step, has func(fact string) bool, rules []EscalationRule) Factors {
 	f := Factors{RStep: s.BaseRisk, E: MinE, T: Trust(s.Trust), B: MinB}
 	for _, l := range s.Labels {
 		f.T = math.Max(f.T, LabelTrust(l))
 	}
 	for _, class := range s.Findings {
-		if class == "injection" {
+		if class == finding.Injection {
 			f.T = TUntrusted
 		}
 		if e := FindingE(class); e > f.E {
@@ -93,9 +128,7 @@ func Compute(s Step, recent []riskstore.StepSummary, rules []EscalationRule) Fac
 		if !slices.Contains(r.When, s.Class) {
 			continue
 		}
-		if slices.ContainsFunc(recent, func(p riskstore.StepSummary) bool {
-			return slices.Contains(r.After, p.Class) && (len(r.AfterTrust) == 0 || slices.Contains(r.AfterTrust, p.Trust))
-		}) {
+		if ranAfter(r, has) {
 			f.E = math.Max(f.E, r.E)
 			f.Escalations = append(f.Escalations, r.Name)
 		}
@@ -108,6 +141,22 @@ func Compute(s Step, recent []riskstore.StepSummary, rules []EscalationRule) Fac
 	f.B = clip(1+worst, MinB, MaxB)
 	f.Step = f.RStep * f.E * f.T * f.B
 	return f
+}
+
+// ranAfter reports whether the run had a step r escalates after.
+func ranAfter(r EscalationRule, has func(string) bool) bool {
+	ts := r.AfterTrust
+	if len(ts) == 0 {
+		ts = trusts
+	}
+	for _, c := range r.After {
+		for _, t := range ts {
+			if has(FactStep(c, t)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Trust maps a route's trust level to T.

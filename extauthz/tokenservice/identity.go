@@ -72,9 +72,11 @@ func (s *Service) authenticateBearer(r *http.Request, header string, now time.Ti
 	if name == "" {
 		ns, name = splitServiceAccount(wi.Subject)
 	}
-	agent := name
-	if agent == "" {
-		agent = wi.Subject
+	agent := wi.Subject
+	if name != "" {
+		// A Kubernetes service account is the pair (namespace, name): the
+		// name alone says nothing about which tenant's workload this is.
+		agent = ""
 	}
 	return identity{
 		agentID: agent,
@@ -82,6 +84,39 @@ func (s *Service) authenticateBearer(r *http.Request, header string, now time.Ti
 			Kind: KindJWT, Issuer: wi.Issuer, Subject: wi.Subject, Namespace: ns, ServiceAccount: name,
 		},
 	}, nil
+}
+
+// agentFor names the agent a verified workload acts as:
+//
+//   - an agent that lists the credential's subject in its workloads, whatever
+//     the credential;
+//   - else, for a Kubernetes service account, the agent named like the
+//     account when its namespace is the configured agent namespace
+//     (Config.AgentNamespace; none by default, so that in production a service
+//     account reaches an agent only through its workloads list);
+//   - else, for any other credential, the agent its subject (or SPIFFE ID)
+//     names;
+//
+// and never an agent that lists workloads this credential is not among.
+func (s *Service) agentFor(id identity) (string, error) {
+	cred := id.credential
+	if a, ok := s.cfg.WorkloadLookup(cred.Subject); ok {
+		return a.ID, nil
+	}
+	agent := id.agentID
+	if cred.ServiceAccount != "" {
+		agent = ""
+		if s.cfg.AgentNamespace != "" && cred.Namespace == s.cfg.AgentNamespace {
+			agent = cred.ServiceAccount
+		}
+	}
+	if agent == "" {
+		return "", reason.New(reason.AgentUnknown, "no agent is configured for this workload")
+	}
+	if a, ok := s.cfg.AgentLookup(agent); ok && len(a.Workloads) > 0 {
+		return "", reason.New(reason.AgentUnknown, "no agent is configured for this workload")
+	}
+	return agent, nil
 }
 
 // splitServiceAccount parses system:serviceaccount:<ns>:<name>; it returns

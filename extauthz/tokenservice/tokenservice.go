@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
@@ -56,6 +58,17 @@ const DefaultEvalTimeout = time.Second
 // satisfies it).
 type WorkloadVerifier interface {
 	Verify(ctx context.Context, raw string, now time.Time) (*capability.WorkloadIdentity, error)
+}
+
+// AgentRevocations says whether an agent's tokens are revoked now
+// (*revocation.Set satisfies it).
+type AgentRevocations interface {
+	AgentRevoked(agentID string, at time.Time) bool
+}
+
+// RunClaimer claims run ids (the run store satisfies it).
+type RunClaimer interface {
+	ClaimRun(ctx context.Context, run riskstore.RunRef, ttl time.Duration) (owner string, err error)
 }
 
 // Evaluator is the policy engine as this service sees it (*policy.Engine).
@@ -101,7 +114,20 @@ type Config struct {
 
 	AgentLookup func(id string) (config.Agent, bool)
 	ToolLookup  func(name string) (config.Tool, bool)
-	Policy      Evaluator
+	// WorkloadLookup returns the agent that lists a workload subject in its
+	// workloads (nil: none does).
+	WorkloadLookup func(subject string) (config.Agent, bool)
+	// AgentNamespace, when set, lets a Kubernetes service account of that
+	// namespace act as the agent named like the account (see agentFor).
+	AgentNamespace string
+	// Revocations refuses agents whose tokens are revoked (nil: none are).
+	Revocations AgentRevocations
+	// Runs claims a named run for the caller; a run another agent opened is
+	// refused. Required.
+	Runs RunClaimer
+	// RunTTL is how long a claimed run id stays its agent's (default 24h).
+	RunTTL time.Duration
+	Policy Evaluator
 	// EvalTimeout bounds a policy evaluation. Default DefaultEvalTimeout.
 	EvalTimeout time.Duration
 	Audit       audit.Sink
@@ -133,6 +159,7 @@ func New(cfg Config) (*Service, error) {
 	req(cfg.Issuer != "", "Issuer")
 	req(cfg.Audience != "", "Audience")
 	req(cfg.AgentLookup != nil, "AgentLookup")
+	req(cfg.Runs != nil, "Runs")
 	req(cfg.ToolLookup != nil, "ToolLookup")
 	req(cfg.Policy != nil, "Policy")
 	req(cfg.Audit != nil, "Audit")
@@ -154,6 +181,12 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.EvalTimeout == 0 {
 		cfg.EvalTimeout = DefaultEvalTimeout
+	}
+	if cfg.RunTTL <= 0 {
+		cfg.RunTTL = riskstore.DefaultTTL
+	}
+	if cfg.WorkloadLookup == nil {
+		cfg.WorkloadLookup = func(string) (config.Agent, bool) { return config.Agent{}, false }
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -214,26 +247,48 @@ func (s *Service) issue(w http.ResponseWriter, r *http.Request) {
 	s.finish(w, r, start, o)
 }
 
-// decide runs the stages: authenticate, parse, look up, evaluate, mint.
+// decide runs the stages: authenticate, name the agent, parse, bound by the
+// grant, claim the run, evaluate, mint.
 func (s *Service) decide(r *http.Request, now time.Time) *outcome {
 	id, err := s.authenticate(r, now)
 	if err != nil {
 		return refuse(http.StatusUnauthorized, err, "workload credential not accepted")
 	}
-	o := &outcome{agentID: id.agentID}
+	agentID, err := s.agentFor(id)
+	if err != nil {
+		return refuse(http.StatusForbidden, err, "")
+	}
+	o := &outcome{agentID: agentID}
+	if s.cfg.Revocations != nil && s.cfg.Revocations.AgentRevoked(agentID, now) {
+		return o.refuse(http.StatusForbidden, reason.New(reason.TokenRevoked, "the agent's tokens are revoked"), "")
+	}
 	req, err := parseRequest(r, now, s.cfg.DefaultTTL)
 	if err != nil {
 		return o.refuse(http.StatusBadRequest, err, "invalid token request")
 	}
 	o.tool, o.runID = req.Tool, req.RunID
-	agent, agentKnown := s.cfg.AgentLookup(id.agentID)
+	agent, agentKnown := s.cfg.AgentLookup(agentID)
+	if agentKnown {
+		if err := bound(&req, agent.Grants[req.Tool]); err != nil {
+			return o.refuse(http.StatusForbidden, err, "")
+		}
+	}
+	if req.RunID != "" && agentKnown {
+		owner, err := s.cfg.Runs.ClaimRun(r.Context(), riskstore.RunRef{Agent: agentID, ID: req.RunID}, s.cfg.RunTTL)
+		switch {
+		case err != nil:
+			return o.refuse(http.StatusServiceUnavailable, reason.Wrap(reason.StoreUnavailable, err, "run store unavailable"), "")
+		case owner != agentID:
+			return o.refuse(http.StatusForbidden, reason.New(reason.RunNotOwned, "the run belongs to another agent"), "")
+		}
+	}
 	tool, toolKnown := s.cfg.ToolLookup(req.Tool)
 	if toolKnown {
 		o.toolClass = tool.Class
 	}
 	in := &policy.TokenInput{
 		Time:  policy.Time{NowNS: now.UnixNano(), RFC3339: now.UTC().Format(time.RFC3339Nano)},
-		Agent: policy.TokenAgent{ID: id.agentID, Known: agentKnown, AllowedTools: []string{}},
+		Agent: policy.TokenAgent{ID: agentID, Known: agentKnown, AllowedTools: []string{}},
 		Tool:  policy.TokenTool{Name: req.Tool, Known: toolKnown},
 		Request: policy.TokenRequest{
 			Scope: req.Scope, RunID: req.RunID, RunValid: true,
@@ -266,7 +321,7 @@ func (s *Service) decide(r *http.Request, now time.Time) *outcome {
 	}
 	tok, claims, err := capability.Mint(s.cfg.Signer, capability.MintRequest{
 		Issuer: s.cfg.Issuer, Audience: s.cfg.Audience,
-		Agent: id.agentID, Tool: req.Tool, Scope: req.Scope, Constraints: req.Constraints,
+		Agent: agentID, Tool: req.Tool, Scope: req.Scope, Constraints: req.Constraints,
 		RunID: req.RunID, TTL: ttl, MaxTTL: s.cfg.MaxTTL,
 		PolicyVersion: s.cfg.PolicyVersion(), SingleUse: req.SingleUse,
 	}, now)
@@ -378,3 +433,36 @@ func newID() string {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
+
+// bound holds a token request to what the routes file grants the agent on the
+// tool: a scope under one of the granted scopes (required when the grant
+// lists any), and max_rows and max_cost no larger than granted (the granted
+// values when the request names none), so the token states the bound it is
+// held to.
+func bound(req *Request, g config.Grant) error {
+	if len(g.Scopes) > 0 {
+		ok := false
+		for _, sc := range g.Scopes {
+			ok = ok || req.Scope == sc || strings.HasPrefix(req.Scope, sc+".")
+		}
+		if !ok {
+			return reason.New(reason.TokenScope, "the requested scope is not within what the agent is granted on this tool")
+		}
+	}
+	c := &req.Constraints
+	if g.MaxRows > 0 {
+		if c.MaxRows == nil {
+			c.MaxRows = &g.MaxRows
+		} else if *c.MaxRows > g.MaxRows {
+			return reason.New(reason.TokenConstraint, "the requested max_rows is above what the agent is granted on this tool")
+		}
+	}
+	if g.MaxCost > 0 {
+		if c.MaxCost == nil {
+			c.MaxCost = &g.MaxCost
+		} else if *c.MaxCost > g.MaxCost {
+			return reason.New(reason.TokenConstraint, "the requested max_cost is above what the agent is granted on this tool")
+		}
+	}
+	return nil
+}

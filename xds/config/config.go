@@ -106,6 +106,20 @@ type Agent struct {
 	AllowedTools []string   `json:"allowed_tools"`
 	Budgets      Budgets    `json:"budgets"`
 	Thresholds   Thresholds `json:"thresholds"`
+	// AgentBudgets bound the agent across all its runs, per window, so that
+	// fresh run ids do not multiply its allowance. Zero means unlimited.
+	AgentBudgets AgentBudgets `json:"agent_budgets,omitzero"`
+	// Grants bound, per tool, what a capability token for this agent may
+	// carry and what a call may ask for whatever its token says: the resource
+	// scopes, the rows and the cost. A tool without a grant is not narrowed.
+	Grants map[string]Grant `json:"grants,omitempty"`
+	// Workloads are the workload identities allowed to act as this agent at
+	// the token service: exact credential subjects, such as a Kubernetes
+	// service account "system:serviceaccount:<namespace>:<name>" or a SPIFFE
+	// ID. A Kubernetes service-account credential names an agent only through
+	// this list; other credentials name the agent whose id is their subject,
+	// unless that agent lists workloads.
+	Workloads []string `json:"workloads,omitempty"`
 }
 
 // Budgets bound one run. Zero means unlimited.
@@ -114,6 +128,27 @@ type Budgets struct {
 	MaxWriteOperations int64    `json:"max_write_operations"`
 	MaxExecutionTime   Duration `json:"max_execution_time"`
 	MaxCost            float64  `json:"max_cost"`
+}
+
+// AgentBudgets bound an agent across its runs, per fixed window aligned to the
+// Unix epoch (a window of 1h runs from one full hour to the next).
+type AgentBudgets struct {
+	Window       Duration `json:"window"`
+	MaxToolCalls int64    `json:"max_tool_calls"`
+	MaxCost      float64  `json:"max_cost"`
+}
+
+// Grant is what an agent may be given for one tool.
+type Grant struct {
+	// Scopes are the dot-separated resource paths the agent may act on
+	// ("project.alpha"): a resource a call names must be one of them or under
+	// one ("project.alpha.orders"). Empty: any resource.
+	Scopes []string `json:"scopes,omitempty"`
+	// MaxRows bounds the rows a call may ask for (its max_rows, limit, rows,
+	// row_limit or top_k), and a token's max_rows. Zero: not bounded.
+	MaxRows int64 `json:"max_rows,omitempty"`
+	// MaxCost bounds a token's max_cost. Zero: not bounded.
+	MaxCost float64 `json:"max_cost,omitempty"`
 }
 
 // Thresholds on a run's cumulative risk, including the step being decided.
@@ -203,7 +238,19 @@ func (f *File) applyDefaults() {
 	}
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`)
+var (
+	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`)
+	scopeRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+)
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
 
 // Validate reports every problem in f at once, each naming its field.
 func (f *File) Validate() error {
@@ -260,6 +307,7 @@ func (f *File) Validate() error {
 		}
 	}
 	agents := map[string]bool{}
+	workloads := map[string]string{}
 	for i, a := range f.Agents {
 		p := fmt.Sprintf("agents[%d]", i)
 		if !nameRE.MatchString(a.ID) {
@@ -280,6 +328,37 @@ func (f *File) Validate() error {
 		th := a.Thresholds
 		if th.Approval <= 0 || th.Halt <= 0 {
 			bad(p+".thresholds", "must be positive")
+		}
+		ab := a.AgentBudgets
+		switch {
+		case ab.MaxToolCalls < 0 || ab.MaxCost < 0 || ab.Window < 0:
+			bad(p+".agent_budgets", "must not be negative")
+		case (ab.MaxToolCalls > 0 || ab.MaxCost > 0) && time.Duration(ab.Window) < time.Second:
+			bad(p+".agent_budgets.window", "is required (at least 1s) when an agent budget is set")
+		}
+		for _, tool := range sortedKeys(a.Grants) {
+			g := a.Grants[tool]
+			gp := fmt.Sprintf("%s.grants[%s]", p, tool)
+			if !slices.Contains(a.AllowedTools, tool) {
+				bad(gp, "grants a tool the agent is not allowed")
+			}
+			if g.MaxRows < 0 || g.MaxCost < 0 {
+				bad(gp, "must not be negative")
+			}
+			for j, sc := range g.Scopes {
+				if !scopeRE.MatchString(sc) {
+					bad(fmt.Sprintf("%s.scopes[%d]", gp, j), "%q is not a dot-separated resource path", sc)
+				}
+			}
+		}
+		for j, w := range a.Workloads {
+			if w == "" || len(w) > 256 || strings.ContainsAny(w, " \t\r\n") {
+				bad(fmt.Sprintf("%s.workloads[%d]", p, j), "is not a workload subject")
+			}
+			if other, dup := workloads[w]; dup {
+				bad(fmt.Sprintf("%s.workloads[%d]", p, j), "is already a workload of agent %q", other)
+			}
+			workloads[w] = a.ID
 		}
 	}
 	return errors.Join(errs...)

@@ -1,0 +1,118 @@
+package extauthz
+
+import (
+	"context"
+	"time"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
+	"github.com/aisecops/aisecops-envoy/riskstore"
+	"github.com/aisecops/aisecops-envoy/xds/config"
+)
+
+// RunView is the run as the Check sees it before deciding.
+type RunView struct {
+	State riskstore.State
+	// Cached: the state came from this replica's run cache, not from the
+	// store, and may have moved on another replica since.
+	Cached bool
+}
+
+// loadRun: Principal → RunView, from this replica's cache when it holds the
+// run, else from the store. prior is set when the store has already committed
+// this very request (an Envoy retry).
+func (s *Server) loadRun(ctx context.Context, who *Principal, now time.Time) (RunView, *riskstore.Prior, *reason.Error) {
+	if st, ok := s.runs.get(who.Run, now); ok {
+		return RunView{State: st, Cached: true}, nil, nil
+	}
+	return s.readRun(ctx, who, now)
+}
+
+// readRun reads the run from the store.
+func (s *Server) readRun(ctx context.Context, who *Principal, now time.Time) (RunView, *riskstore.Prior, *reason.Error) {
+	st, err := s.cfg.Store.Load(ctx, who.Run, who.IdemKey)
+	if err != nil {
+		s.metrics.storeErrors.WithLabelValues("load").Inc()
+		s.log.Warn("run state load failed", "run_id", who.Run.ID, "err", err)
+		return RunView{State: riskstore.State{Run: who.Run}}, nil, reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
+	}
+	prior := st.Prior
+	st.Prior = nil
+	s.runs.put(who.Run, st, now)
+	return RunView{State: st}, prior, nil
+}
+
+// Assessment is the step's place in its run: the limits that apply, the
+// budgets' consumption including this step, its chain risk, and the step the
+// store would record.
+type Assessment struct {
+	Limits      riskstore.Limits
+	Consumption map[string]float64
+	Factors     risk.Factors
+	Step        riskstore.Step
+	// Exceeded names the first budget this step would exceed, or "".
+	Exceeded string
+	// TTL is the run's idle lifetime: a refused or halted run must outlive the
+	// agent's budget window, or a fresh run would come back sooner.
+	TTL time.Duration
+}
+
+// limits are the agent's budgets as the store checks them.
+func limits(a config.Agent) riskstore.Limits {
+	return riskstore.Limits{
+		MaxToolCalls:       a.Budgets.MaxToolCalls,
+		MaxWriteOperations: a.Budgets.MaxWriteOperations,
+		MaxExecutionTime:   time.Duration(a.Budgets.MaxExecutionTime),
+		MaxCostMicros:      config.Micros(a.Budgets.MaxCost),
+		MaxRisk:            a.Thresholds.Halt,
+		AgentWindow:        time.Duration(a.AgentBudgets.Window),
+		AgentMaxToolCalls:  a.AgentBudgets.MaxToolCalls,
+		AgentMaxCostMicros: config.Micros(a.AgentBudgets.MaxCost),
+	}
+}
+
+// assess: Plan, Principal, Findings, RunView → Assessment. Time is the
+// store's clock as of the run's last read when there was one (execution time
+// and agent windows are the store's), else the Check's.
+func assess(p *plan.Plan, who *Principal, f Findings, rv RunView, rules []risk.EscalationRule, runTTL time.Duration, decisionID string, now time.Time) (Assessment, *reason.Error) {
+	r, st := p.Route, rv.State
+	if !rv.Cached && !st.Now.IsZero() {
+		now = st.Now
+	}
+	a := Assessment{Limits: limits(who.Agent), TTL: max(runTTL, time.Duration(who.Agent.AgentBudgets.Window))}
+	st.Agent = st.Agent.Current(a.Limits.AgentWindow, now)
+	write := r.ToolClass == config.ClassWrite
+	cost := config.Micros(r.Cost)
+	var elapsed int64
+	if !st.StartedAt.IsZero() {
+		elapsed = int64(now.Sub(st.StartedAt))
+	}
+	a.Consumption = risk.Consumption(st, a.Limits, write, cost, elapsed)
+	labels := make([]string, len(p.Provenance))
+	for i, l := range p.Provenance {
+		labels[i] = l.TrustLevel
+	}
+	classes := f.Classes()
+	a.Factors = risk.Compute(risk.Step{BaseRisk: r.BaseRisk, Class: r.ToolClass, Trust: r.Trust, Labels: labels,
+		Findings: classes, Consumption: a.Consumption}, st.HasFact, rules)
+	a.Step = riskstore.Step{
+		RequestID:     who.IdemKey,
+		DecisionID:    decisionID,
+		ExpectVersion: st.Version,
+		Write:         write,
+		CostMicros:    cost,
+		Risk:          a.Factors.Step,
+		Facts:         risk.StepFacts(r.ToolClass, r.Trust, f.Untrusted, classes),
+	}
+	budgetOnly := a.Limits
+	budgetOnly.MaxRisk = 0 // the risk thresholds are policy's to decide
+	a.Exceeded = riskstore.Exceeds(st, a.Step, budgetOnly, now)
+	if c := who.Claims; c != nil && c.Constraints.MaxCost != nil && float64(st.CostMicros+cost)/1e6 > *c.Constraints.MaxCost+1e-9 {
+		return a, reason.New(reason.TokenConstraint, "the run's cost would exceed the token's max_cost")
+	}
+	if g := who.Grant.MaxCost; g > 0 && float64(st.CostMicros+cost)/1e6 > g+1e-9 {
+		return a, reason.New(reason.TokenConstraint, "the run's cost would exceed what the agent is granted on this tool")
+	}
+	return a, nil
+}

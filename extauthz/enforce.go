@@ -1,0 +1,197 @@
+package extauthz
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/capability"
+	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/riskstore"
+)
+
+// Receipt is what enforcing a verdict did to shared state.
+type Receipt struct {
+	Committed    bool    // the step was recorded on the run
+	Duplicate    bool    // a retry of a request already committed: nothing recorded again
+	RiskTotal    float64 // the run's risk after the step (or after its first commit, for a retry)
+	JTISpent     bool    // the single-use token was spent by this Check
+	ApprovalUsed bool    // the presented approval was consumed by this Check
+}
+
+// enforce carries out a verdict, in small steps: confirm a denial decided on
+// cached state, request an approval, or — for an allow — spend the token,
+// consume the approval and commit the step. It reports whether the Check must
+// decide again on a fresher state. Explain and dry-run never reach it.
+func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool, _ *reason.Error) {
+	if o.verdict.Decision != policy.Allow && o.run.Cached {
+		// The run may have moved on another replica, or this may be Envoy
+		// retrying a request already allowed: confirm against the store.
+		moved, err := s.confirm(ctx, o)
+		if err != nil || moved || o.receipt.Duplicate {
+			return moved, err
+		}
+	}
+	switch o.verdict.Decision {
+	case policy.RequireApproval:
+		id, err := requestApproval(ctx, s.cfg.Approvals, o, s.cfg.ApprovalTTL)
+		if err != nil {
+			s.metrics.storeErrors.WithLabelValues("approval_create").Inc()
+		}
+		o.verdict.ApprovalID = id
+		return false, err
+	case policy.Allow:
+	default:
+		return false, nil
+	}
+	if err := ctx.Err(); err != nil {
+		// Envoy has given up on this Check: commit nothing so the abandoned
+		// call costs the run nothing.
+		return false, reason.Wrap(reason.DeadlineExceeded, err, "the check deadline passed before commit")
+	}
+	if !o.receipt.JTISpent && mustSpend(o.who.Claims, o.verdict.Obligations) {
+		if err := spendToken(ctx, s.cfg.Nonces, o.who.Claims, o.now); err != nil {
+			if err.Code == reason.StoreUnavailable {
+				s.metrics.storeErrors.WithLabelValues("nonce").Inc()
+			}
+			if err.Code == reason.TokenReplayed && o.who.IdemKey != "" {
+				// Envoy retrying a call this token already made is answered
+				// as the first time, not as a replay.
+				if _, prior, rerr := s.readRun(ctx, o.who, o.now); rerr == nil && prior != nil {
+					o.retried(prior)
+					return false, nil
+				}
+			}
+			return false, err
+		}
+		o.receipt.JTISpent = true // a re-decision after a stale commit must not spend it twice
+	}
+	if o.verdict.Input != nil && o.verdict.Input.Approval.Valid && !o.receipt.ApprovalUsed {
+		if err := consumeApproval(ctx, s.cfg.Approvals, o.plan.ApprovalID, o.who.Binding); err != nil {
+			if err.Code == reason.StoreUnavailable {
+				s.metrics.storeErrors.WithLabelValues("approval_consume").Inc()
+			}
+			return false, err
+		}
+		o.receipt.ApprovalUsed = true
+	}
+	return s.commit(ctx, o, last)
+}
+
+// confirm re-reads a run whose cached state led to a denial: a moved version
+// means deciding again; a committed request id is answered as before.
+func (s *Server) confirm(ctx context.Context, o *outcome) (moved bool, _ *reason.Error) {
+	version := o.run.State.Version
+	rv, prior, err := s.readRun(ctx, o.who, o.now)
+	if err != nil {
+		return false, err
+	}
+	o.run = rv
+	if prior != nil {
+		o.retried(prior)
+		return false, nil
+	}
+	return rv.State.Version != version, nil
+}
+
+// requestApproval records a pending approval for this exact call and returns
+// its id.
+func requestApproval(ctx context.Context, st ApprovalStore, o *outcome, ttl time.Duration) (string, *reason.Error) {
+	ap := riskstore.Approval{ID: newID("apr_"), RunID: o.who.Run.ID, AgentID: o.who.Agent.ID, Tool: o.plan.Route.Tool,
+		Binding: o.who.Binding, DecisionID: o.id, Risk: o.riskTotal(), Status: riskstore.ApprovalPending, CreatedAt: o.now}
+	for _, r := range o.verdict.Reasons {
+		ap.Reasons = append(ap.Reasons, r.Code)
+	}
+	if err := st.CreateApproval(ctx, ap, ttl); err != nil {
+		return "", reason.Wrap(reason.StoreUnavailable, err, "approval store unavailable")
+	}
+	return ap.ID, nil
+}
+
+// mustSpend reports whether the call spends its token: a single-use token,
+// or the policy's consume_jti obligation.
+func mustSpend(c *capability.Claims, obligations map[string]any) bool {
+	return c != nil && (c.SingleUse || obligations["consume_jti"] != nil)
+}
+
+// spendToken records the token's jti as used until it expires.
+func spendToken(ctx context.Context, n NonceStore, c *capability.Claims, now time.Time) *reason.Error {
+	ttl := max(c.ExpiresAt.Sub(now)+time.Minute, time.Minute)
+	first, err := n.UseOnce(ctx, "jti:"+c.ID, ttl)
+	if err != nil {
+		return reason.Wrap(reason.StoreUnavailable, err, "token store unavailable")
+	}
+	if !first {
+		return reason.New(reason.TokenReplayed, "this single-use token was used before")
+	}
+	return nil
+}
+
+// consumeApproval marks the approval used, atomically and only for binding.
+func consumeApproval(ctx context.Context, st ApprovalStore, id, binding string) *reason.Error {
+	_, err := st.ConsumeApproval(ctx, id, binding)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, riskstore.ErrConflict) || errors.Is(err, riskstore.ErrNotFound):
+		return reason.New(reason.ApprovalInvalid, "the approval was already used or does not match this call")
+	}
+	return reason.Wrap(reason.StoreUnavailable, err, "approval store unavailable")
+}
+
+// commit records the allowed step. It reports whether the Check must decide
+// again (the run moved under it).
+func (s *Server) commit(ctx context.Context, o *outcome, last bool) (again bool, _ *reason.Error) {
+	a, run := o.assessment, o.who.Run
+	step := a.Step
+	if last {
+		step.ExpectVersion = riskstore.AnyVersion
+	}
+	res, err := s.cfg.Store.Commit(ctx, run, step, a.Limits, a.TTL)
+	if err != nil && step.RequestID != "" && ctx.Err() == nil {
+		// The outcome is unknown (a reply lost or late). The idempotency key
+		// makes asking again safe: a commit that did land comes back as a
+		// Duplicate of this very decision instead of a second debit.
+		s.metrics.storeErrors.WithLabelValues("commit_retried").Inc()
+		res, err = s.cfg.Store.Commit(ctx, run, step, a.Limits, a.TTL)
+	}
+	if err != nil {
+		s.runs.drop(run) // the run may have moved: read it next time
+		s.metrics.storeErrors.WithLabelValues("commit").Inc()
+		s.log.Warn("run state commit failed; denying", "decision_id", o.id, "run_id", run.ID, "err", err)
+		return false, reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
+	}
+	s.runs.put(run, res.State, o.now)
+	switch res.Outcome {
+	case riskstore.Committed:
+		o.receipt.Committed, o.receipt.RiskTotal = true, res.State.RiskTotal
+		return false, nil
+	case riskstore.Duplicate:
+		if res.Prior == nil {
+			return false, reason.New(reason.Internal, "the store answered a duplicate without its prior decision")
+		}
+		if res.Prior.DecisionID == o.id {
+			// Our own commit, whose reply was lost the first time.
+			o.receipt.Committed, o.receipt.RiskTotal = true, res.Prior.RiskTotal
+			return false, nil
+		}
+		o.retried(res.Prior)
+		return false, nil
+	case riskstore.Stale:
+		// Another replica moved the run: decide again on the state the store
+		// returned, without reading it again.
+		o.run = RunView{State: res.State}
+		return true, nil
+	case riskstore.Refused:
+		a.Exceeded = res.Limit
+		switch res.Limit {
+		case riskstore.BudgetRisk:
+			return false, reason.New(reason.RiskHalt, "the run's cumulative risk would pass the halt threshold")
+		case riskstore.RunOwned:
+			return false, reason.New(reason.RunNotOwned, "the run belongs to another agent")
+		}
+		return false, reason.New(reason.BudgetExceeded, "the %s budget is spent", res.Limit)
+	}
+	return false, reason.New(reason.Internal, "unexpected commit outcome")
+}

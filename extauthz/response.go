@@ -1,0 +1,231 @@
+package extauthz
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	envoy_config_core_v3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	envoy_type_v3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/audit"
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+)
+
+// Response headers the server sets.
+const (
+	HeaderDecisionID = "x-aisecops-decision-id"
+	HeaderRiskTotal  = "x-aisecops-risk-total"
+	HeaderDecision   = "x-aisecops-decision"
+)
+
+// Body is the JSON body of a denial, an approval request or a dry-run answer.
+type Body struct {
+	Decision   string          `json:"decision"`
+	Reasons    []policy.Reason `json:"reasons"`
+	DecisionID string          `json:"decision_id"`
+	ApprovalID string          `json:"approval_id,omitempty"`
+	// Trace is the full decision trace, for dry-run and explain only.
+	Trace *Trace `json:"trace,omitempty"`
+}
+
+// Trace is what explain and dry-run answer: every stage's result and the
+// decision's inputs. Raw arguments are not echoed: only their hash.
+type Trace struct {
+	DryRun   bool               `json:"dry_run"`
+	Stages   []traceStage       `json:"stages"`
+	Agent    string             `json:"agent_id"`
+	Tool     string             `json:"tool"`
+	RunID    string             `json:"run_id"`
+	Plan     *policy.Plan       `json:"plan,omitempty"`
+	Risk     *policy.Risk       `json:"risk,omitempty"`
+	Budget   map[string]float64 `json:"budget_consumption,omitempty"`
+	Exceeded string             `json:"budget_exceeded,omitempty"`
+	Findings []finding.Finding  `json:"egress_findings,omitempty"`
+	Approval *policy.Approval   `json:"approval,omitempty"`
+	Policy   string             `json:"policy_version,omitempty"`
+}
+
+func (o *outcome) body() Body {
+	b := Body{Decision: o.verdict.Decision, Reasons: o.verdict.Reasons, DecisionID: o.id, ApprovalID: o.verdict.ApprovalID}
+	if b.Reasons == nil {
+		b.Reasons = []policy.Reason{}
+	}
+	if !o.dry {
+		return b
+	}
+	t := &Trace{DryRun: true, Stages: o.trace, Findings: o.findings.List, Policy: o.bundle.Version()}
+	if o.plan != nil {
+		t.Tool = o.plan.Route.Tool
+	}
+	if o.who != nil {
+		t.Agent, t.RunID = o.who.Agent.ID, o.who.Run.ID
+	}
+	if a := o.assessment; a != nil {
+		t.Budget, t.Exceeded = a.Consumption, a.Exceeded
+	}
+	if in := o.verdict.Input; in != nil {
+		pl := in.Plan
+		pl.Arguments = nil
+		t.Plan, t.Risk = &pl, &in.Risk
+		if in.Approval.Present {
+			t.Approval = &in.Approval
+		}
+	}
+	b.Trace = t
+	return b
+}
+
+// response turns the outcome into Envoy's CheckResponse.
+func (o *outcome) response() *envoy_service_auth_v3.CheckResponse {
+	v := o.verdict
+	if v.Decision == policy.Allow && !o.dry {
+		return &envoy_service_auth_v3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &envoy_service_auth_v3.CheckResponse_OkResponse{OkResponse: &envoy_service_auth_v3.OkHttpResponse{
+				Headers: []*envoy_config_core_v3.HeaderValueOption{
+					setHeader(HeaderDecisionID, o.id),
+					setHeader(HeaderRiskTotal, strconv.FormatFloat(o.riskTotal(), 'f', 4, 64)),
+				},
+				HeadersToRemove: headersToRemove(o.plan),
+			}},
+		}
+	}
+	status := v.Status
+	if o.dry {
+		// The tool is never reached on dry-run or explain: Envoy answers 200
+		// with the trace, whatever the decision.
+		status = http.StatusOK
+	}
+	if status == 0 {
+		status = http.StatusForbidden
+	}
+	body, err := json.Marshal(o.body())
+	if err != nil {
+		body = fmt.Appendf(nil, `{"decision":"deny","reasons":[{"code":"internal_error"}],"decision_id":%q}`, o.id)
+	}
+	return &envoy_service_auth_v3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)},
+		HttpResponse: &envoy_service_auth_v3.CheckResponse_DeniedResponse{DeniedResponse: &envoy_service_auth_v3.DeniedHttpResponse{
+			Status: &envoy_type_v3.HttpStatus{Code: envoy_type_v3.StatusCode(status)},
+			Headers: []*envoy_config_core_v3.HeaderValueOption{
+				setHeader("content-type", "application/json"),
+				setHeader(HeaderDecision, v.Decision),
+				setHeader(HeaderDecisionID, o.id),
+			},
+			Body: string(body),
+		}},
+	}
+}
+
+// headersToRemove strips the token and every x-aisecops-* input before the
+// upstream, except the two headers the allow sets (they are overwritten). On
+// llm routes authorization is the provider's key and stays.
+func headersToRemove(p *plan.Plan) []string {
+	if p == nil {
+		return []string{"authorization"}
+	}
+	out := make([]string, 0, len(p.InputHeaders))
+	for _, h := range p.InputHeaders {
+		if h != HeaderDecisionID && h != HeaderRiskTotal {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// internalDeny is the fixed 503 answer when even building a response failed.
+func internalDeny(decisionID string) *envoy_service_auth_v3.CheckResponse {
+	return &envoy_service_auth_v3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)},
+		HttpResponse: &envoy_service_auth_v3.CheckResponse_DeniedResponse{DeniedResponse: &envoy_service_auth_v3.DeniedHttpResponse{
+			Status:  &envoy_type_v3.HttpStatus{Code: envoy_type_v3.StatusCode_ServiceUnavailable},
+			Headers: []*envoy_config_core_v3.HeaderValueOption{setHeader("content-type", "application/json"), setHeader(HeaderDecision, policy.Deny)},
+			Body:    fmt.Sprintf(`{"decision":"deny","reasons":[{"code":"internal_error","message":"internal error"}],"decision_id":%q}`, decisionID),
+		}},
+	}
+}
+
+func setHeader(k, v string) *envoy_config_core_v3.HeaderValueOption {
+	return &envoy_config_core_v3.HeaderValueOption{
+		Header:       &envoy_config_core_v3.HeaderValue{Key: k, Value: v},
+		AppendAction: envoy_config_core_v3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+// record is the Check's audit record, built from the outcome alone. The
+// policy version is the one of the bundle that decided.
+func (o *outcome) record(latency time.Duration) *audit.Record {
+	v := o.verdict
+	r := &audit.Record{
+		TS:                o.start.UTC(),
+		DecisionID:        o.id,
+		Decision:          v.Decision,
+		HTTPStatus:        v.Status,
+		PolicyVersion:     o.bundle.Version(),
+		DryRun:            o.dry,
+		Explain:           o.explain,
+		ApprovalID:        v.ApprovalID,
+		Committed:         o.receipt.Committed,
+		LatencyUS:         latency.Microseconds(),
+		ContextProvenance: []audit.Provenance{},
+		Reasons:           make([]audit.Reason, 0, len(v.Reasons)),
+		ControlIDs:        []string{},
+		EgressFindings:    o.findings.List,
+		BudgetConsumption: map[string]float64{},
+	}
+	if r.EgressFindings == nil {
+		r.EgressFindings = []finding.Finding{}
+	}
+	if p := o.plan; p != nil {
+		r.RequestID, r.RunID, r.TraceID = p.RequestID, p.RunID, p.TraceID
+		r.Tool, r.ToolClass, r.RouteVersion, r.MCPMethod = p.Route.Tool, p.Route.ToolClass, p.Route.RouteVersion, p.MCPMethod
+		r.Explain = r.Explain || p.Explain
+		r.ArgumentsHash = plan.ArgumentsHash(p.Call0().Arguments)
+		r.RequestDigest = p.RequestDigest()
+		for _, l := range p.Provenance {
+			r.ContextProvenance = append(r.ContextProvenance, audit.Provenance(l))
+		}
+		if p.Source == plan.SourceLLM && len(p.Body) > 0 {
+			r.PromptHash = plan.Hash(p.Body)
+		}
+	}
+	for _, l := range o.findings.Derived {
+		r.ContextProvenance = append(r.ContextProvenance, audit.Provenance(l))
+	}
+	if w := o.who; w != nil {
+		r.AgentID = w.Agent.ID
+		if w.Run.ID != "" {
+			r.RunID = w.Run.ID
+		}
+		r.Binding = w.Binding
+		if w.Claims != nil {
+			r.TokenJTI = w.Claims.ID
+		}
+	}
+	if a := o.assessment; a != nil {
+		r.StepRisk = audit.StepRisk{RStep: a.Factors.RStep, E: a.Factors.E, T: a.Factors.T, B: a.Factors.B, Step: a.Factors.Step}
+		r.CumulativeRisk = o.riskTotal()
+		if a.Consumption != nil {
+			r.BudgetConsumption = a.Consumption
+		}
+	}
+	seen := map[string]bool{}
+	for _, rs := range v.Reasons {
+		r.Reasons = append(r.Reasons, audit.Reason(rs))
+		if rs.ControlID != "" && !seen[rs.ControlID] {
+			seen[rs.ControlID] = true
+			r.ControlIDs = append(r.ControlIDs, rs.ControlID)
+		}
+	}
+	sort.Strings(r.ControlIDs)
+	return r
+}
