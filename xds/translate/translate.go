@@ -325,6 +325,16 @@ func hcm(a config.Authz, opts Options) (*envoy_extensions_filters_network_http_c
 	return &envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager{
 		StatPrefix: "aisecops_egress",
 		CodecType:  envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_AUTO,
+		// Routes are prefix matches and ext_authz decides on the route's tool, so the
+		// path must be canonical before either looks at it: without these,
+		// /read/../admin matches the /read route and the upstream resolves it to
+		// /admin. Escaped slashes are rejected (400) rather than unescaped and
+		// redirected: a redirect would tell an agent which canonical path a route
+		// expects and invite a second try, and no tool we front needs %2F or %5C in
+		// a path. envoyconfig.CheckPathHandling refuses any HCM without these.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_REJECT_REQUEST,
 		RouteSpecifier: &envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_Rds{Rds: &envoy_extensions_filters_network_http_connection_manager_v3.Rds{
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteConfigName,

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/aisecops/aisecops-envoy/xds/config"
+	"github.com/aisecops/aisecops-envoy/xds/envoyconfig"
 )
 
 func example(t testing.TB) *config.File {
@@ -268,3 +269,67 @@ func TestAgentsRoundTrip(t *testing.T) {
 }
 
 func structpbNumber(v float64) *structpb.Value { return structpb.NewNumberValue(v) }
+
+// TestEveryHCMCanonicalisesPaths: every HTTP connection manager we generate, in
+// either flavour and wherever it is packed, normalises dot segments, merges
+// slashes and rejects escaped slashes, and Validate refuses a listener whose HCM
+// does not (so the control plane never pushes one).
+func TestEveryHCMCanonicalisesPaths(t *testing.T) {
+	for _, o := range []Options{{}, {Flavour: FlavourGRPC, ListenerName: "db.internal"}} {
+		t.Run(o.Flavour.String(), func(t *testing.T) {
+			res, err := Translate(example(t), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hcms []*envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager
+			for _, m := range res.All() {
+				hcms = append(hcms, envoyconfig.HTTPConnectionManagers(m)...)
+			}
+			if len(hcms) != len(res.Listeners) || len(hcms) == 0 {
+				t.Fatalf("found %d HTTP connection managers for %d listeners", len(hcms), len(res.Listeners))
+			}
+			for _, h := range hcms {
+				if !h.GetNormalizePath().GetValue() || !h.GetMergeSlashes() ||
+					h.GetPathWithEscapedSlashesAction() != envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_REJECT_REQUEST {
+					t.Errorf("normalize_path %v merge_slashes %v path_with_escaped_slashes_action %v",
+						h.GetNormalizePath(), h.GetMergeSlashes(), h.GetPathWithEscapedSlashesAction())
+				}
+			}
+
+			weaken := map[string]func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager){
+				"normalize_path unset": func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) {
+					h.NormalizePath = nil
+				},
+				"merge_slashes false": func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) {
+					h.MergeSlashes = false
+				},
+				"escaped slashes redirect": func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) {
+					h.PathWithEscapedSlashesAction = envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_UNESCAPE_AND_REDIRECT
+				},
+			}
+			for name, mutate := range weaken {
+				t.Run(name, func(t *testing.T) {
+					res, err := Translate(example(t), o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					l := res.Listeners[0]
+					a := l.GetApiListener().GetApiListener()
+					if a == nil {
+						a = l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig()
+					}
+					h := &envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager{}
+					if err := a.UnmarshalTo(h); err != nil {
+						t.Fatal(err)
+					}
+					mutate(h)
+					packed := mustAny(t, h)
+					a.TypeUrl, a.Value = packed.TypeUrl, packed.Value
+					if err := res.Validate(); err == nil || !strings.Contains(err.Error(), "must be") {
+						t.Fatalf("Validate = %v, want the weakened path handling refused", err)
+					}
+				})
+			}
+		})
+	}
+}
