@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	"github.com/aisecops/aisecops-envoy/xds/config"
@@ -203,8 +204,12 @@ func TestComposeWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := translate.Translate(f, translate.Options{}); err != nil {
+	res, err := translate.Translate(f, translate.Options{})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if n := checkPathHandling(t, "routes.yaml translated", res.All()...); n == 0 {
+		t.Error("routes.yaml translated: no HTTP connection manager")
 	}
 	host, port, err := net.SplitHostPort(f.Authz.Address)
 	if err != nil {
@@ -267,6 +272,11 @@ func TestEnvoyBootstraps(t *testing.T) {
 	if err := envoyconfig.ValidateBootstrapYAML(data); err != nil {
 		t.Fatalf("envoy.yaml: %v", err)
 	}
+	b, err := envoyconfig.ParseBootstrap(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPathHandling(t, "envoy.yaml", b)
 	found := false
 	for _, m := range kubeObjects(t) {
 		if m["kind"] != "ConfigMap" {
@@ -274,14 +284,35 @@ func TestEnvoyBootstraps(t *testing.T) {
 		}
 		if s := str(dig(m, "data", "envoy.yaml")); s != "" {
 			found = true
+			where := "ConfigMap " + str(dig(m, "metadata", "name")) + " envoy.yaml"
 			if err := envoyconfig.ValidateBootstrapYAML([]byte(s)); err != nil {
-				t.Errorf("ConfigMap %s envoy.yaml: %v", str(dig(m, "metadata", "name")), err)
+				t.Errorf("%s: %v", where, err)
+			}
+			if b, err := envoyconfig.ParseBootstrap([]byte(s)); err == nil {
+				checkPathHandling(t, where, b)
 			}
 		}
 	}
 	if !found {
 		t.Error("no Envoy bootstrap ConfigMap in kubernetes/")
 	}
+}
+
+// checkPathHandling holds every HTTP connection manager packed anywhere in ms
+// (today the ADS bootstraps hold none; the translated routes hold the
+// listener's) to envoyconfig.CheckPathHandling, and returns how many it found.
+func checkPathHandling(t *testing.T, where string, ms ...proto.Message) int {
+	t.Helper()
+	n := 0
+	for _, m := range ms {
+		for _, h := range envoyconfig.HTTPConnectionManagers(m) {
+			n++
+			if err := envoyconfig.CheckPathHandling(h); err != nil {
+				t.Errorf("%s: %v", where, err)
+			}
+		}
+	}
+	return n
 }
 
 func kubeObjects(t *testing.T) []obj {
@@ -339,8 +370,12 @@ func TestKubernetesManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := translate.Translate(f, translate.Options{}); err != nil {
+	res, err := translate.Translate(f, translate.Options{})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if n := checkPathHandling(t, "ConfigMap/aisecops-routes translated", res.All()...); n == 0 {
+		t.Error("ConfigMap/aisecops-routes translated: no HTTP connection manager")
 	}
 	host, _, err := net.SplitHostPort(f.Authz.Address)
 	if err != nil {

@@ -100,6 +100,9 @@ func TestBrokenBootstrapsAreCaught(t *testing.T) {
 		"invalid outer message":    {ads, "port_value: 9901", "port_value: 99999"},
 		"wrong ads cluster":        {ads, "cluster_name: aisecops-xds", "cluster_name: nowhere"},
 		"status_on_error bad enum": {static, "code: ServiceUnavailable", "code: NotAStatus"},
+		"paths not normalised":     {static, "normalize_path: true", "normalize_path: false"},
+		"slashes not merged":       {static, "merge_slashes: true", "merge_slashes: false"},
+		"escaped slashes kept":     {static, "path_with_escaped_slashes_action: REJECT_REQUEST", "path_with_escaped_slashes_action: KEEP_UNCHANGED"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -212,5 +215,53 @@ func TestGeneratedSnapshotsValidate(t *testing.T) {
 	}
 	if err := envoyconfig.CheckBootstrap(staticBootstrap(t)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEveryHCMCanonicalisesPaths: every HTTP connection manager in a bootstrap
+// we ship or a snapshot we generate, found by unpacking every typed_config,
+// normalises dot segments, merges slashes and rejects escaped slashes. Without
+// them /read/../admin matches a /read prefix route and reaches /admin upstream.
+func TestEveryHCMCanonicalisesPaths(t *testing.T) {
+	found := 0
+	check := func(where string, m proto.Message) {
+		t.Helper()
+		for i, h := range envoyconfig.HTTPConnectionManagers(m) {
+			found++
+			if err := envoyconfig.CheckPathHandling(h); err != nil {
+				t.Errorf("%s: HTTP connection manager %d: %v", where, i, err)
+			}
+		}
+	}
+	for _, p := range envoyYAMLs(t) {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := envoyconfig.ParseBootstrap(data)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		check(p, b)
+	}
+	if found == 0 {
+		t.Fatal("no HTTP connection manager in the shipped bootstraps; bootstrap-static.yaml has one")
+	}
+	f, err := config.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []translate.Options{{}, {Flavour: translate.FlavourGRPC, ListenerName: "mcp.internal"}} {
+		res, err := translate.Translate(f, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := found
+		for _, m := range res.All() {
+			check("generated "+o.Flavour.String(), m)
+		}
+		if found == before {
+			t.Errorf("generated %s: no HTTP connection manager found", o.Flavour)
+		}
 	}
 }

@@ -107,12 +107,13 @@ func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus
 	}, nil
 }
 
-// subscribeAgents takes agent budgets and thresholds from the control plane
-// over xDS; the tools stay as the local file (or the bundled example) says.
+// subscribeAgents takes the tools and agents (the whole directory) from the
+// control plane over xDS, replacing both at once with each update; until the
+// first one arrives the local file (or the bundled example) decides.
 func subscribeAgents(ctx context.Context, o *options, dir *extauthz.Directory, log *slog.Logger) error {
-	err := agentsync.Subscribe(ctx, o.xdsServer, o.nodeID, func(agents []config.Agent) error {
-		dir.SetAgents(agents, fmt.Sprintf("xds-%d", time.Now().UnixNano()))
-		log.Info("agent budgets updated over xDS", "agents", len(agents))
+	err := agentsync.Subscribe(ctx, o.xdsServer, o.nodeID, func(f *config.File, version string) error {
+		dir.Set(f, "xds-"+version)
+		log.Info("directory updated over xDS", "version", version, "tools", len(f.Tools), "agents", len(f.Agents))
 		return nil
 	}, log)
 	if errors.Is(err, context.Canceled) {

@@ -1,8 +1,10 @@
-// Package agentsync owns an authz replica's subscription to the agents resource
-// (translate.AgentsResourceName, an RTDS Runtime) over the control plane's ADS
-// stream: it applies each update through a callback, ACKs what applied and NACKs
-// what did not (with the error), and reconnects with backoff, so the replica keeps
-// its last good agents while the control plane is away. It imports no authz code.
+// Package agentsync owns an authz replica's subscription to the directory
+// resource (translate.DirectoryResourceName, an RTDS Runtime carrying every tool
+// and agent of the routes file) over the control plane's ADS stream: it decodes
+// and validates each update, hands it to a callback, ACKs what applied and NACKs
+// what did not (with the error), and reconnects with backoff, so the replica
+// keeps its last good directory while the control plane is away or sends one it
+// refuses. It imports no authz code.
 package agentsync
 
 import (
@@ -28,14 +30,19 @@ import (
 // UserAgent identifies agentsync nodes to the control plane.
 const UserAgent = "aisecops-agentsync"
 
-// Subscribe runs until ctx ends, keeping apply fed with the agents the control
-// plane at addr serves to nodeID. It returns ctx's error.
-func Subscribe(ctx context.Context, addr, nodeID string, apply func([]config.Agent) error, logger *slog.Logger) error {
+// Apply takes a validated directory — a config.File with only Tools and Agents
+// set — and the xDS version it arrived with. An error NACKs that version; the
+// replica is then expected to keep deciding with what it had.
+type Apply func(dir *config.File, version string) error
+
+// Subscribe runs until ctx ends, keeping apply fed with the directory the
+// control plane at addr serves to nodeID. It returns ctx's error.
+func Subscribe(ctx context.Context, addr, nodeID string, apply Apply, logger *slog.Logger) error {
 	return SubscribeWith(ctx, addr, nodeID, apply, logger, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
 
 // SubscribeWith is Subscribe with explicit dial options (TLS credentials).
-func SubscribeWith(ctx context.Context, addr, nodeID string, apply func([]config.Agent) error, logger *slog.Logger, dial ...grpc.DialOption) error {
+func SubscribeWith(ctx context.Context, addr, nodeID string, apply Apply, logger *slog.Logger, dial ...grpc.DialOption) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -54,7 +61,7 @@ func SubscribeWith(ctx context.Context, addr, nodeID string, apply func([]config
 		if got {
 			backoff = 100 * time.Millisecond
 		}
-		log.Warn("agentsync: stream ended; keeping the last good agents", "error", err, "retry_in", backoff)
+		log.Warn("agentsync: stream ended; keeping the last good directory", "error", err, "retry_in", backoff)
 		// Jitter so replicas do not reconnect in lockstep after a restart.
 		d := backoff/2 + rand.N(backoff/2+1)
 		select {
@@ -67,7 +74,7 @@ func SubscribeWith(ctx context.Context, addr, nodeID string, apply func([]config
 }
 
 // stream runs one ADS stream; got reports whether any response arrived.
-func stream(ctx context.Context, cc *grpc.ClientConn, nodeID string, apply func([]config.Agent) error, log *slog.Logger) (got bool, err error) {
+func stream(ctx context.Context, cc *grpc.ClientConn, nodeID string, apply Apply, log *slog.Logger) (got bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ads, err := envoy_service_discovery_v3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
@@ -78,7 +85,7 @@ func stream(ctx context.Context, cc *grpc.ClientConn, nodeID string, apply func(
 	req := &envoy_service_discovery_v3.DiscoveryRequest{
 		Node:          node,
 		TypeUrl:       translate.RuntimeTypeURL,
-		ResourceNames: []string{translate.AgentsResourceName},
+		ResourceNames: []string{translate.DirectoryResourceName},
 	}
 	var acked string
 	for {
@@ -93,7 +100,7 @@ func stream(ctx context.Context, cc *grpc.ClientConn, nodeID string, apply func(
 		req = &envoy_service_discovery_v3.DiscoveryRequest{
 			Node:          node,
 			TypeUrl:       translate.RuntimeTypeURL,
-			ResourceNames: []string{translate.AgentsResourceName},
+			ResourceNames: []string{translate.DirectoryResourceName},
 			ResponseNonce: resp.GetNonce(),
 		}
 		if err := applyResponse(resp, apply); err != nil {
@@ -104,11 +111,11 @@ func stream(ctx context.Context, cc *grpc.ClientConn, nodeID string, apply func(
 		}
 		acked = resp.GetVersionInfo()
 		req.VersionInfo = acked
-		log.Info("agentsync: agents applied", "version", acked)
+		log.Info("agentsync: directory applied", "version", acked)
 	}
 }
 
-func applyResponse(resp *envoy_service_discovery_v3.DiscoveryResponse, apply func([]config.Agent) error) error {
+func applyResponse(resp *envoy_service_discovery_v3.DiscoveryResponse, apply Apply) error {
 	if resp.GetTypeUrl() != translate.RuntimeTypeURL {
 		return fmt.Errorf("unexpected type %q", resp.GetTypeUrl())
 	}
@@ -118,16 +125,16 @@ func applyResponse(resp *envoy_service_discovery_v3.DiscoveryResponse, apply fun
 		if err := a.UnmarshalTo(rt); err != nil {
 			return fmt.Errorf("resource: %w", err)
 		}
-		if rt.GetName() == translate.AgentsResourceName {
+		if rt.GetName() == translate.DirectoryResourceName {
 			found = rt
 		}
 	}
 	if found == nil {
-		return errors.New("no " + translate.AgentsResourceName + " resource in the response")
+		return errors.New("no " + translate.DirectoryResourceName + " resource in the response")
 	}
-	agents, err := translate.DecodeAgents(found)
+	dir, err := translate.DecodeDirectory(found)
 	if err != nil {
 		return err
 	}
-	return apply(agents)
+	return apply(dir, resp.GetVersionInfo())
 }

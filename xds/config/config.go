@@ -202,6 +202,30 @@ func Parse(name string, data []byte) (*File, error) {
 	return &f, nil
 }
 
+// ParseDirectory decodes and validates the directory part of a routes file: a
+// JSON object holding only its "tools" and "agents", as the control plane sends
+// them to authz replicas. It is Parse for that part (unknown fields are errors,
+// the same defaults, every problem reported at once), so a replica fed over xDS
+// decides with exactly what a replica reading the file would. Listener and Authz
+// are left zero: they are Envoy's side and do not travel.
+func ParseDirectory(name string, js []byte) (*File, error) {
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	var d struct {
+		Tools  []Tool  `json:"tools"`
+		Agents []Agent `json:"agents"`
+	}
+	if err := dec.Decode(&d); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	f := &File{Tools: d.Tools, Agents: d.Agents}
+	f.applyDirectoryDefaults()
+	if err := errors.Join(f.validateDirectory()...); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return f, nil
+}
+
 // Load reads and parses a routes file; path "" loads the bundled example.
 func Load(path string) (*File, error) {
 	if path == "" {
@@ -221,6 +245,10 @@ func (f *File) applyDefaults() {
 	if f.Authz.MaxRequestBytes == 0 {
 		f.Authz.MaxRequestBytes = 1 << 20
 	}
+	f.applyDirectoryDefaults()
+}
+
+func (f *File) applyDirectoryDefaults() {
 	for i := range f.Agents {
 		t := &f.Agents[i].Thresholds
 		if t.Approval == 0 {
@@ -263,6 +291,15 @@ func (f *File) Validate() error {
 	}
 	if f.Authz.Address == "" {
 		bad("authz.address", "is required")
+	}
+	return errors.Join(append(errs, f.validateDirectory()...)...)
+}
+
+// validateDirectory reports every problem in the tools and agents.
+func (f *File) validateDirectory() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	tools := map[string]bool{}
 	for i, t := range f.Tools {
@@ -361,7 +398,7 @@ func (f *File) Validate() error {
 			workloads[w] = a.ID
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // Tool returns the named tool.

@@ -201,9 +201,10 @@ func collectClusterRefs(m protoreflect.Message, out map[string]bool) {
 }
 
 // CheckListener checks that every network filter is a network filter, listener
-// filters are listener filters, and every HTTP connection manager's filter list
-// holds only HTTP filters with exactly one router, last. Protojson accepts an
-// access logger in an HTTP filter list; Envoy does not.
+// filters are listener filters, every HTTP connection manager's filter list
+// holds only HTTP filters with exactly one router, last (protojson accepts an
+// access logger in an HTTP filter list; Envoy does not), and every HTTP
+// connection manager canonicalises paths (CheckPathHandling).
 func CheckListener(l *envoy_config_listener_v3.Listener) error {
 	var errs []error
 	name := l.GetName()
@@ -224,7 +225,7 @@ func CheckListener(l *envoy_config_listener_v3.Listener) error {
 				continue
 			}
 			if h, ok := unpackHCM(f.GetTypedConfig()); ok {
-				if err := CheckHTTPFilters(h); err != nil {
+				if err := errors.Join(CheckHTTPFilters(h), CheckPathHandling(h)); err != nil {
 					errs = append(errs, fmt.Errorf("listener %q filter_chains[%d]: %w", name, ci, err))
 				}
 			}
@@ -234,7 +235,7 @@ func CheckListener(l *envoy_config_listener_v3.Listener) error {
 		h, ok := unpackHCM(a)
 		if !ok {
 			errs = append(errs, fmt.Errorf("listener %q api_listener: not an HTTP connection manager", name))
-		} else if err := CheckHTTPFilters(h); err != nil {
+		} else if err := errors.Join(CheckHTTPFilters(h), CheckPathHandling(h)); err != nil {
 			errs = append(errs, fmt.Errorf("listener %q api_listener: %w", name, err))
 		}
 	}
@@ -265,6 +266,70 @@ func CheckHTTPFilters(h *envoy_extensions_filters_network_http_connection_manage
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CheckPathHandling checks that h canonicalises request paths before routing
+// and ext_authz see them. Envoy's defaults leave /read/../admin, //admin and
+// /read%2F..%2Fadmin as sent, so a prefix route for /read matches a request the
+// upstream resolves elsewhere and the authz decision is made on the wrong tool.
+func CheckPathHandling(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) error {
+	var errs []error
+	if !h.GetNormalizePath().GetValue() {
+		errs = append(errs, errors.New("normalize_path must be true (RFC 3986 dot segments)"))
+	}
+	if !h.GetMergeSlashes() {
+		errs = append(errs, errors.New("merge_slashes must be true"))
+	}
+	if a := h.GetPathWithEscapedSlashesAction(); a != envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_REJECT_REQUEST {
+		errs = append(errs, fmt.Errorf("path_with_escaped_slashes_action is %s, must be REJECT_REQUEST", a))
+	}
+	// Envoy ignores the three fields above when a header validator is configured.
+	if h.GetTypedHeaderValidationConfig() != nil {
+		errs = append(errs, errors.New("typed_header_validation_config is set: Envoy would ignore normalize_path, merge_slashes and path_with_escaped_slashes_action"))
+	}
+	return errors.Join(errs...)
+}
+
+// HTTPConnectionManagers returns every HTTP connection manager packed in a
+// typed_config anywhere inside m, at any depth, so a test can hold each one to
+// CheckPathHandling without knowing where the configuration puts it.
+func HTTPConnectionManagers(m proto.Message) []*envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager {
+	var out []*envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager
+	var visit func(m protoreflect.Message)
+	visit = func(m protoreflect.Message) {
+		if a, ok := m.Interface().(*anypb.Any); ok {
+			inner, err := a.UnmarshalNew()
+			if err != nil {
+				return
+			}
+			if h, ok := inner.(*envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager); ok {
+				out = append(out, h)
+			}
+			visit(inner.ProtoReflect())
+			return
+		}
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsList() && fd.Message() != nil:
+				for i := 0; i < v.List().Len(); i++ {
+					visit(v.List().Get(i).Message())
+				}
+			case fd.IsMap() && fd.MapValue().Message() != nil:
+				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+					visit(mv.Message())
+					return true
+				})
+			case fd.Message() != nil && !fd.IsList() && !fd.IsMap():
+				visit(v.Message())
+			}
+			return true
+		})
+	}
+	if h, ok := m.(*envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager); ok {
+		out = append(out, h)
+	}
+	visit(m.ProtoReflect())
+	return out
 }
 
 func typeName(a *anypb.Any) string {

@@ -1,8 +1,9 @@
 // Package translate owns the pure translation of the routes file into Envoy v3
 // resources: the egress listener with the ext_authz and router filters, one route
 // per tool carrying the per-route ext_authz context extensions, a cluster and
-// endpoints per tool upstream, the authz cluster, and the agents resource the
-// authz replicas subscribe to. It does no I/O, keeps no state and imports no authz
+// endpoints per tool upstream, the authz cluster, and the directory resource
+// (every tool's and agent's settings, DirectoryResourceName) the authz replicas
+// subscribe to. It does no I/O, keeps no state and imports no authz
 // code; the same file always yields the same resources and the same version.
 //
 // Two flavours share the code. FlavourEnvoy is what the egress Envoy receives.
@@ -110,7 +111,8 @@ type Resources struct {
 	Routes    []*envoy_config_route_v3.RouteConfiguration
 	Clusters  []*envoy_config_cluster_v3.Cluster
 	Endpoints []*envoy_config_endpoint_v3.ClusterLoadAssignment
-	// Runtimes holds the agents resource (AgentsResourceName) for authz replicas.
+	// Runtimes holds the directory resource (DirectoryResourceName) for authz
+	// replicas: every tool and agent, whatever the flavour's listener filter.
 	Runtimes []*envoy_service_runtime_v3.Runtime
 }
 
@@ -167,7 +169,7 @@ func Translate(f *config.File, opts Options) (*Resources, error) {
 			res.Clusters = append(res.Clusters, c)
 		}
 	}
-	rt, err := AgentsResource(f.Agents)
+	rt, err := DirectoryResource(f)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -325,6 +327,16 @@ func hcm(a config.Authz, opts Options) (*envoy_extensions_filters_network_http_c
 	return &envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager{
 		StatPrefix: "aisecops_egress",
 		CodecType:  envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_AUTO,
+		// Routes are prefix matches and ext_authz decides on the route's tool, so the
+		// path must be canonical before either looks at it: without these,
+		// /read/../admin matches the /read route and the upstream resolves it to
+		// /admin. Escaped slashes are rejected (400) rather than unescaped and
+		// redirected: a redirect would tell an agent which canonical path a route
+		// expects and invite a second try, and no tool we front needs %2F or %5C in
+		// a path. envoyconfig.CheckPathHandling refuses any HCM without these.
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_REJECT_REQUEST,
 		RouteSpecifier: &envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_Rds{Rds: &envoy_extensions_filters_network_http_connection_manager_v3.Rds{
 			ConfigSource:    adsSource(),
 			RouteConfigName: RouteConfigName,

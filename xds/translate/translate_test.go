@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/aisecops/aisecops-envoy/xds/config"
+	"github.com/aisecops/aisecops-envoy/xds/envoyconfig"
 )
 
 func example(t testing.TB) *config.File {
@@ -242,29 +243,178 @@ func TestReferenceCheckCatches(t *testing.T) {
 	}
 }
 
-func TestAgentsRoundTrip(t *testing.T) {
+// TestDirectoryRoundTrip: the tools and agents of the file come back from the
+// resource exactly (every tool field included, so a narrowed destination
+// allowlist reaches replicas), and decoding refuses what the routes file would.
+func TestDirectoryRoundTrip(t *testing.T) {
 	f := example(t)
-	rt, err := AgentsResource(f.Agents)
+	rt, err := DirectoryResource(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := DecodeAgents(rt)
+	got, err := DecodeDirectory(rt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff(f.Agents, got); d != "" {
+	want := &config.File{Tools: f.Tools, Agents: f.Agents}
+	if d := cmp.Diff(want, got); d != "" {
 		t.Fatalf("(-want +got):\n%s", d)
 	}
-	bad := proto.Clone(rt).(*envoy_service_runtime_v3.Runtime)
-	bad.Layer.Fields["agents"].GetListValue().Values[0].GetStructValue().Fields["bogus"] = bad.Layer.Fields["schema"]
-	if _, err := DecodeAgents(bad); err == nil {
-		t.Fatal("unknown field accepted")
+
+	// Defaults apply on decode as they do to the file.
+	sparse := proto.Clone(rt).(*envoy_service_runtime_v3.Runtime)
+	delete(sparse.Layer.Fields["agents"].GetListValue().Values[0].GetStructValue().Fields, "thresholds")
+	if got, err := DecodeDirectory(sparse); err != nil || got.Agents[0].Thresholds.Halt != config.DefaultHalt {
+		t.Fatalf("thresholds not defaulted: %+v, %v", got, err)
 	}
-	neg := proto.Clone(rt).(*envoy_service_runtime_v3.Runtime)
-	neg.Layer.Fields["agents"].GetListValue().Values[0].GetStructValue().Fields["budgets"].GetStructValue().Fields["max_tool_calls"] = structpbNumber(-1)
-	if _, err := DecodeAgents(neg); err == nil {
-		t.Fatal("negative budget accepted")
+
+	tool := func(r *envoy_service_runtime_v3.Runtime, i int) map[string]*structpb.Value {
+		return r.Layer.Fields["tools"].GetListValue().Values[i].GetStructValue().Fields
+	}
+	tests := map[string]struct {
+		mutate func(r *envoy_service_runtime_v3.Runtime)
+		want   []string // every one must be reported, at once
+	}{
+		"unknown agent field": {func(r *envoy_service_runtime_v3.Runtime) {
+			r.Layer.Fields["agents"].GetListValue().Values[0].GetStructValue().Fields["bogus"] = structpb.NewBoolValue(true)
+		}, []string{"bogus"}},
+		"unknown tool field": {func(r *envoy_service_runtime_v3.Runtime) {
+			tool(r, 0)["destination"] = structpb.NewStringValue("x")
+		}, []string{"destination"}},
+		"unknown top-level field": {func(r *envoy_service_runtime_v3.Runtime) {
+			r.Layer.Fields["listener"] = structpb.NewStructValue(&structpb.Struct{})
+		}, []string{"listener"}},
+		"wrong schema": {func(r *envoy_service_runtime_v3.Runtime) {
+			r.Layer.Fields["schema"] = structpb.NewStringValue("aisecops.agents/v1")
+		}, []string{"schema"}},
+		"negative budget": {func(r *envoy_service_runtime_v3.Runtime) {
+			r.Layer.Fields["agents"].GetListValue().Values[0].GetStructValue().Fields["budgets"].GetStructValue().Fields["max_tool_calls"] = structpbNumber(-1)
+		}, []string{"agents[0].budgets"}},
+		"invalid tools, all reported": {func(r *envoy_service_runtime_v3.Runtime) {
+			tool(r, 0)["class"] = structpb.NewStringValue("admin")
+			tool(r, 2)["destinations"] = structpb.NewListValue(&structpb.ListValue{})
+		}, []string{"tools[0].class", "tools[2].destinations"}},
+		"agent names a tool not sent": {func(r *envoy_service_runtime_v3.Runtime) {
+			tl := r.Layer.Fields["tools"].GetListValue()
+			tl.Values = tl.Values[1:]
+		}, []string{`unknown tool "db.read"`}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			bad := proto.Clone(rt).(*envoy_service_runtime_v3.Runtime)
+			tc.mutate(bad)
+			_, err := DecodeDirectory(bad)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestDirectoryCarriesEveryTool: the gRPC flavour translates only the tools on
+// its listener, but replicas decide for every tool, so the directory resource
+// holds them all in both flavours; and a change to a setting only authz reads
+// (a destination allowlist) changes the version.
+func TestDirectoryCarriesEveryTool(t *testing.T) {
+	f := example(t)
+	for _, o := range []Options{{}, {Flavour: FlavourGRPC, ListenerName: "db.internal"}} {
+		res, err := Translate(f, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, err := DecodeDirectory(res.Runtimes[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(dir.Tools) != len(f.Tools) {
+			t.Errorf("%s: %d tools in the directory, want %d", o.Flavour, len(dir.Tools), len(f.Tools))
+		}
+	}
+	r1, err := Translate(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range f.Tools {
+		if f.Tools[i].Name == "send_email" {
+			f.Tools[i].Destinations = []string{"internal.example.com"}
+		}
+	}
+	r2, err := Translate(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Version == r2.Version {
+		t.Fatal("version unchanged after narrowing a destination allowlist")
 	}
 }
 
 func structpbNumber(v float64) *structpb.Value { return structpb.NewNumberValue(v) }
+
+// TestEveryHCMCanonicalisesPaths: every HTTP connection manager we generate, in
+// either flavour and wherever it is packed, normalises dot segments, merges
+// slashes and rejects escaped slashes, and Validate refuses a listener whose HCM
+// does not (so the control plane never pushes one).
+func TestEveryHCMCanonicalisesPaths(t *testing.T) {
+	for _, o := range []Options{{}, {Flavour: FlavourGRPC, ListenerName: "db.internal"}} {
+		t.Run(o.Flavour.String(), func(t *testing.T) {
+			res, err := Translate(example(t), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hcms []*envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager
+			for _, m := range res.All() {
+				hcms = append(hcms, envoyconfig.HTTPConnectionManagers(m)...)
+			}
+			if len(hcms) != len(res.Listeners) || len(hcms) == 0 {
+				t.Fatalf("found %d HTTP connection managers for %d listeners", len(hcms), len(res.Listeners))
+			}
+			for _, h := range hcms {
+				if !h.GetNormalizePath().GetValue() || !h.GetMergeSlashes() ||
+					h.GetPathWithEscapedSlashesAction() != envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_REJECT_REQUEST {
+					t.Errorf("normalize_path %v merge_slashes %v path_with_escaped_slashes_action %v",
+						h.GetNormalizePath(), h.GetMergeSlashes(), h.GetPathWithEscapedSlashesAction())
+				}
+			}
+
+			weaken := map[string]func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager){
+				"normalize_path unset": func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) {
+					h.NormalizePath = nil
+				},
+				"merge_slashes false": func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) {
+					h.MergeSlashes = false
+				},
+				"escaped slashes redirect": func(h *envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager) {
+					h.PathWithEscapedSlashesAction = envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager_UNESCAPE_AND_REDIRECT
+				},
+			}
+			for name, mutate := range weaken {
+				t.Run(name, func(t *testing.T) {
+					res, err := Translate(example(t), o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					l := res.Listeners[0]
+					a := l.GetApiListener().GetApiListener()
+					if a == nil {
+						a = l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig()
+					}
+					h := &envoy_extensions_filters_network_http_connection_manager_v3.HttpConnectionManager{}
+					if err := a.UnmarshalTo(h); err != nil {
+						t.Fatal(err)
+					}
+					mutate(h)
+					packed := mustAny(t, h)
+					a.TypeUrl, a.Value = packed.TypeUrl, packed.Value
+					if err := res.Validate(); err == nil || !strings.Contains(err.Error(), "must be") {
+						t.Fatalf("Validate = %v, want the weakened path handling refused", err)
+					}
+				})
+			}
+		})
+	}
+}
