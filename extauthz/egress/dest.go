@@ -323,13 +323,7 @@ func (s *scan) walkArgs(v any) {
 func (s *scan) destValues(v any, inObject bool) {
 	switch t := v.(type) {
 	case string:
-		for _, p := range strings.FieldsFunc(t, func(r rune) bool { return r == ',' || r == ';' }) {
-			p = strings.TrimSpace(p)
-			if p == "" || inObject && !strings.Contains(p, "@") && !strings.Contains(p, "://") {
-				continue
-			}
-			s.checkDest(p)
-		}
+		s.destString(t, inObject)
 	case json.Number:
 		if !inObject {
 			s.checkDest(t.String())
@@ -349,17 +343,58 @@ func (s *scan) destValues(v any, inObject bool) {
 	}
 }
 
-func (s *scan) checkDest(v string) {
-	if lt := strings.LastIndexByte(v, '<'); lt >= 0 {
-		if gt := strings.IndexByte(v[lt:], '>'); gt > 0 {
-			v = v[lt+1 : lt+gt] // "Bob <bob@example.com>"
+// destString checks one string value. A value equal to a configured
+// destination is allowed as written (a channel, a chat handle). A value in
+// which any view has an '@' names recipients (see recipients.go); any other is
+// a list of channels, hosts or URLs.
+func (s *scan) destString(v string, inObject bool) {
+	v = strings.TrimSpace(v)
+	if v == "" || s.isDestEntry(v) {
+		return
+	}
+	views, ok := recipientViews(v, s.in.lim.MaxDepth)
+	if !ok {
+		s.value("recipient_ambiguous", ClassDestination, "arguments", []byte(strings.ToLower(v)), false)
+		return
+	}
+	for _, w := range views {
+		if strings.Contains(w, "@") {
+			s.checkRecipients(v, views)
+			return
 		}
 	}
+	for _, p := range splitDest(v) {
+		if !inObject || strings.Contains(p, "://") {
+			s.checkDest(p)
+		}
+	}
+}
+
+func splitDest(v string) []string {
+	var out []string
+	for _, p := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ';' }) {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (s *scan) isDestEntry(v string) bool {
+	for _, d := range s.pol.Destinations {
+		if strings.EqualFold(strings.TrimSpace(d), v) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkDest checks a value without an address: a URL's host, or a channel or
+// host name.
+func (s *scan) checkDest(v string) {
 	v = strings.ToLower(strings.TrimSpace(v))
-	v = strings.TrimPrefix(v, "mailto:")
 	const loc = "arguments"
-	switch {
-	case strings.Contains(v, "://"):
+	if strings.Contains(v, "://") {
 		host, _ := urlHost([]byte(v), strings.Index(v, "://")+3)
 		h := normHost(host)
 		if h == "" || !s.allowedDest(h) {
@@ -368,41 +403,41 @@ func (s *scan) checkDest(v string) {
 		if isIPLiteral(h) {
 			s.value("ip_literal", ClassDestination, loc, []byte(h), false)
 		}
-	case strings.Contains(v, "@"):
-		dom := normHost(v[strings.LastIndexByte(v, '@')+1:])
-		if s.allowedDest(dom) {
-			s.suppress[s.in.hash([]byte(v))] = true
-			return
-		}
-		s.value("destination_arg", ClassDestination, loc, []byte(v), false)
-	default:
-		for _, d := range s.pol.Destinations {
-			if strings.EqualFold(strings.TrimSpace(d), v) {
-				return
-			}
-		}
-		if strings.Contains(v, ".") && s.allowedDest(normHost(v)) {
-			return
-		}
-		s.value("destination_arg", ClassDestination, loc, []byte(v), false)
+		return
 	}
+	if s.isDestEntry(v) || strings.Contains(v, ".") && s.allowedDest(normHost(v)) {
+		return
+	}
+	s.value("destination_arg", ClassDestination, loc, []byte(v), false)
 }
 
-// allowedDest reports a domain equal to or under an allowed destination.
-// IP literals are never under anything.
+// allowedDest reports a domain equal to or under an allowed destination, both
+// compared as destDomain spells them. IP literals are never under anything.
 func (s *scan) allowedDest(dom string) bool {
+	dom = destDomain(dom)
 	if dom == "" {
 		return false
 	}
-	for _, d := range s.pol.Destinations {
-		d = strings.ToLower(strings.TrimSpace(d))
-		d = strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(d, "*."), "."), "@")
-		if d == "" {
-			continue
-		}
+	for _, d := range s.destDomains() {
 		if dom == d || !isIPLiteral(dom) && strings.HasSuffix(dom, "."+d) {
 			return true
 		}
 	}
 	return false
+}
+
+// destDomains is the policy's destinations as allowedDest compares them,
+// computed once per scan.
+func (s *scan) destDomains() []string {
+	if s.dests == nil {
+		s.dests = []string{}
+		for _, d := range s.pol.Destinations {
+			d = strings.ToLower(strings.TrimSpace(d))
+			d = strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(d, "*."), "."), "@")
+			if d = destDomain(d); d != "" {
+				s.dests = append(s.dests, d)
+			}
+		}
+	}
+	return s.dests
 }

@@ -1,7 +1,10 @@
 package egress
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -135,5 +138,126 @@ func TestDestinationFindingLocation(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, r.Findings); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+type recipientCase struct {
+	to      any // the "to" argument: a string, or arrays and objects of them
+	allowed bool
+}
+
+// recipientCases: a recipient value is allowed only when every address any
+// reasonable mail stack might deliver to is under example.com.
+func recipientCases() map[string]recipientCase {
+	return map[string]recipientCase{
+		"plain":                         {"bob@example.com", true},
+		"display name":                  {"Bob <bob@example.com>", true},
+		"unicode display name":          {"Jürgen <j@example.com>", true},
+		"quoted display name with ','":  {`"Smith, Bob" <bob@example.com>`, true},
+		"name repeats the address":      {`"bob@example.com" <bob@example.com>`, true},
+		"comment with allowed address":  {"Bob (carol@example.com) <bob@example.com>", true},
+		"comma list":                    {"bob@example.com, carol@example.com", true},
+		"semicolon list":                {"bob@example.com; carol@example.com", true},
+		"group":                         {"team: bob@example.com, carol@example.com;", true},
+		"group then semicolon":          {"team: bob@example.com; carol@example.com", true},
+		"mailto":                        {"mailto:bob@example.com", true},
+		"mailto with cc":                {"mailto:bob@example.com?cc=carol@example.com&subject=hi", true},
+		"mailto percent-encoded":        {"mailto:bob%40example.com", true},
+		"mailto in angle brackets":      {"Bob <mailto:bob@example.com>", true},
+		"encoded-word name":             {"=?utf-8?q?Bob_Smith?= <bob@example.com>", true},
+		"upper-case domain":             {"BOB@EXAMPLE.COM", true},
+		"subdomain":                     {"bob@mail.example.com", true},
+		"full-width domain maps":        {"bob@ｅｘａｍｐｌｅ.com", true},
+		"array and objects":             {[]any{"bob@example.com", map[string]any{"email": "carol@example.com", "name": "Carol"}}, true},
+		"the report":                    {"attacker@evil.test <bob@example.com>", false},
+		"angle first, bare address":     {"<bob@example.com> attacker@evil.test", false},
+		"comma list, one outside":       {"bob@example.com, eve@evil.test", false},
+		"semicolon list, one outside":   {"bob@example.com; eve@evil.test", false},
+		"group, one outside":            {"undisclosed: bob@example.com, eve@evil.test;", false},
+		"group then outsider":           {"team: bob@example.com; eve@evil.test", false},
+		"encoded-word b":                {"=?utf-8?b?ZXZlQGV2aWwudGVzdA==?= <bob@example.com>", false},
+		"encoded-word q":                {"=?utf-8?q?eve=40evil.test?= <bob@example.com>", false},
+		"encoded-word unknown charset":  {"=?utf-16?b?AGUAdgBl?= <bob@example.com>", false},
+		"punycode lookalike":            {"bob@xn--exmple-cua.com", false},
+		"unicode lookalike":             {"bob@exämple.com", false},
+		"cyrillic lookalike":            {"bob@exаmple.com", false},
+		"trailing dot":                  {"bob@example.com.", false},
+		"suffix trick":                  {"bob@example.com.evil.test", false},
+		"lookalike suffix":              {"bob@notexample.com", false},
+		"source route":                  {"<@evil.test:bob@example.com>", false},
+		"address in trailing comment":   {"bob@example.com (eve@evil.test)", false},
+		"address in name comment":       {"Bob (eve@evil.test) <bob@example.com>", false},
+		"address in quoted name":        {`"eve@evil.test" <bob@example.com>`, false},
+		"two @":                         {"bob@example.com@evil.test", false},
+		"quoted local part with @":      {`"a@evil.test"@example.com`, false},
+		"full-width @ outside":          {"eve＠evil.test", false},
+		"full-width @ inside":           {"bob＠example.com", false},
+		"small commercial at":           {"eve﹫evil.test <bob@example.com>", false},
+		"percent-encoded @":             {"eve%40evil.test", false},
+		"percent-encoded in local part": {"eve%40evil.test@example.com", false},
+		"percent hack":                  {"eve%evil.test@example.com", false},
+		"bang path":                     {"evil.test!eve@example.com", false},
+		"quoted percent hack":           {`"eve%evil.test"@example.com`, false},
+		"quoted bang path":              {`"evil!eve"@example.com`, false},
+		"escaped @":                     {`eve\u0040evil.test`, false},
+		"mailto cc outside":             {"mailto:bob@example.com?cc=eve@evil.test", false},
+		"mailto body address":           {"mailto:bob@example.com?body=eve@evil.test", false},
+		"mailto percent outside":        {"mailto:eve%40evil.test", false},
+		"header injection":              {"bob@example.com\r\nBcc: eve@evil.test", false},
+		"address literal":               {"bob@[127.0.0.1]", false},
+		"localhost":                     {"bob@localhost", false},
+		"handle, not configured":        {"@alice", false},
+		"bare @ in name":                {"Bob @ home <bob@example.com>", false},
+		"address then url":              {"bob@example.com, https://evil.test/", false},
+		"url with recipient":            {"https://mail.example.com/send?to=eve@evil.test", false},
+		"url elsewhere, recipient ok":   {"https://evil.test/send?to=bob@example.com", false},
+		"url userinfo elsewhere":        {"https://bob@example.com@evil.test/", false},
+		"url to allowed host":           {"https://mail.example.com/send?to=bob@example.com", true},
+		"array, one outside":            {[]any{"bob@example.com", "eve@evil.test"}, false},
+		"object name is an address":     {[]any{map[string]any{"email": "bob@example.com", "name": "eve@evil.test"}}, false},
+		"object name encoded address":   {[]any{map[string]any{"email": "bob@example.com", "name": "=?utf-8?b?ZXZlQGV2aWwudGVzdA==?="}}, false},
+	}
+}
+
+func recipientRequest(to any) Request {
+	var b bytes.Buffer
+	e := json.NewEncoder(&b)
+	e.SetEscapeHTML(false)
+	_ = e.Encode(map[string]any{"to": to})
+	return sendEmail(strings.TrimSpace(b.String()))
+}
+
+func destinationFindings(r Result) int {
+	n := 0
+	for _, f := range r.Findings {
+		if f.Class == ClassDestination {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRecipients(t *testing.T) {
+	in := newTestInspector(t, Limits{})
+	for name, tc := range recipientCases() {
+		t.Run(name, func(t *testing.T) {
+			req := recipientRequest(tc.to)
+			r, err := in.Inspect(&req, &emailPolicy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := destinationFindings(r) == 0; got != tc.allowed {
+				t.Errorf("%q: allowed %v, want %v; findings %+v", tc.to, got, tc.allowed, r.Findings)
+			}
+			if tc.allowed && len(r.Findings) != 0 {
+				t.Errorf("%q: an allowed recipient is reported: %+v", tc.to, r.Findings)
+			}
+			out, _ := json.Marshal(r)
+			for _, leak := range []string{"evil", "bob", "eve", "example"} {
+				if bytes.Contains(out, []byte(leak)) {
+					t.Errorf("result names %q: %s", leak, out)
+				}
+			}
+		})
 	}
 }

@@ -2,7 +2,12 @@ package egress
 
 import (
 	"encoding/json"
+	"mime"
+	"net/mail"
+	"strings"
 	"testing"
+
+	"golang.org/x/net/idna"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
 )
@@ -46,6 +51,10 @@ func FuzzInspect(f *testing.F) {
 	for _, tc := range destinationCases() {
 		f.Add(string(tc.req.Body), tc.req.Path, tc.req.ContentType, tc.req.Authority, uint8(2), tc.req.Arguments)
 	}
+	for _, tc := range recipientCases() {
+		req := recipientRequest(tc.to)
+		f.Add(string(req.Body), req.Path, req.ContentType, req.Authority, uint8(2), req.Arguments)
+	}
 	b, ct := multipartBody(f, [2]string{"a", "x"}, [2]string{"b", awsKey})
 	f.Add(string(b), "/", ct, "", uint8(1), []byte(nil))
 	f.Add(string(gzipBytes(f, []byte(email))), "/", "application/json", "", uint8(1), []byte(nil))
@@ -81,4 +90,77 @@ func FuzzInspect(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// FuzzRecipients: a "to" value the inspector allows names no domain outside
+// example.com, read either way: by net/mail, or as the text after any '@' in
+// the value and its decoded views.
+func FuzzRecipients(f *testing.F) {
+	for _, tc := range recipientCases() {
+		if s, ok := tc.to.(string); ok {
+			f.Add(s)
+		}
+	}
+	in := newTestInspector(f, Limits{})
+	allowed := func(d string) bool {
+		d = strings.TrimSuffix(strings.ToLower(d), ".")
+		if a, err := idna.Lookup.ToASCII(d); err == nil {
+			d = a
+		}
+		return d == "example.com" || strings.HasSuffix(d, ".example.com")
+	}
+	f.Fuzz(func(t *testing.T, to string) {
+		req := recipientRequest(to)
+		var args struct{ To string }
+		if json.Unmarshal(req.Arguments, &args) != nil {
+			t.Skip()
+		}
+		to = strings.TrimSpace(args.To) // what the inspector reads
+		r, err := in.Inspect(&req, &emailPolicy)
+		if err != nil || destinationFindings(r) > 0 {
+			return
+		}
+		if list, err := mail.ParseAddressList(to); err == nil {
+			for _, a := range list {
+				if d := a.Address[strings.LastIndexByte(a.Address, '@')+1:]; !allowed(d) {
+					t.Fatalf("%q allowed; net/mail reads %q", to, a.Address)
+				}
+			}
+		}
+		var dec mime.WordDecoder
+		views := []string{to}
+		for v := to; len(views) < 8; {
+			n, _ := canonical([]byte(v))
+			if n == nil {
+				d, err := dec.DecodeHeader(v)
+				if err != nil || d == v {
+					break
+				}
+				n = []byte(d)
+			}
+			v = string(n)
+			views = append(views, v)
+		}
+		for _, v := range views {
+			for i := strings.IndexByte(v, '@'); i >= 0; i = nextAt(v, i) {
+				j := i + 1
+				for j < len(v) && (isAlnum(v[j]) || strings.IndexByte("._-", v[j]) >= 0) {
+					j++
+				}
+				if j < len(v) && v[j] >= 0x80 {
+					continue // an internationalised name: net/mail and IDNA above
+				}
+				if !allowed(v[i+1 : j]) {
+					t.Fatalf("%q allowed; a view has %q", to, v[max(0, i-20):j])
+				}
+			}
+		}
+	})
+}
+
+func nextAt(v string, i int) int {
+	if k := strings.IndexByte(v[i+1:], '@'); k >= 0 {
+		return i + 1 + k
+	}
+	return -1
 }

@@ -65,6 +65,7 @@ type scan struct {
 	// suppress holds hashes of email addresses that are allowed destination
 	// arguments: an ordinary recipient is not leaked PII.
 	suppress map[string]bool
+	dests    []string     // Policy.Destinations as allowedDest compares them (lazy)
 	hosts    []string     // normalised RouteHost and AllowedHosts
 	sniffed  []byte       // an undeclared gzip body, decompressed
 	next     []int        // detect's per-literal resume offsets (scratch)
