@@ -21,8 +21,9 @@ type directory struct {
 	agents   map[string]config.Agent
 	tools    map[string]config.Tool
 	routes   *config.RouteTable
-	versions map[string]string // tool → route version
-	version  string
+	versions  map[string]string // tool → route version
+	workloads map[string]string // workload subject → agent id
+	version   string
 }
 
 // NewDirectory returns a Directory holding f's agents and tools.
@@ -35,10 +36,13 @@ func NewDirectory(f *config.File, version string) *Directory {
 // Set replaces the whole configuration.
 func (d *Directory) Set(f *config.File, version string) {
 	nd := &directory{agents: map[string]config.Agent{}, tools: map[string]config.Tool{}, versions: map[string]string{},
-		routes: config.NewRouteTable(nil), version: version}
+		workloads: map[string]string{}, routes: config.NewRouteTable(nil), version: version}
 	if f != nil {
 		for _, a := range f.Agents {
 			nd.agents[a.ID] = a
+			for _, w := range a.Workloads {
+				nd.workloads[w] = a.ID
+			}
 		}
 		for _, t := range f.Tools {
 			nd.tools[t.Name] = t
@@ -49,22 +53,20 @@ func (d *Directory) Set(f *config.File, version string) {
 	d.p.Store(nd)
 }
 
-// SetAgents replaces only the agents (budgets and thresholds pushed over xDS).
-func (d *Directory) SetAgents(agents []config.Agent, version string) {
-	old := d.current()
-	nd := *old
-	nd.agents = map[string]config.Agent{}
-	for _, a := range agents {
-		nd.agents[a.ID] = a
-	}
-	nd.version = version
-	d.p.Store(&nd)
-}
-
 func (d *Directory) current() *directory { return d.p.Load() }
 
 // Agent returns the agent with id.
 func (d *Directory) Agent(id string) (config.Agent, bool) { return d.current().agent(id) }
+
+// WorkloadAgent returns the agent that lists subject among its workloads.
+func (d *Directory) WorkloadAgent(subject string) (config.Agent, bool) {
+	cur := d.current()
+	id, ok := cur.workloads[subject]
+	if !ok {
+		return config.Agent{}, false
+	}
+	return cur.agent(id)
+}
 
 // Tool returns the tool named name.
 func (d *Directory) Tool(name string) (config.Tool, bool) {

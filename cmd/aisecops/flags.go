@@ -41,6 +41,7 @@ type options struct {
 	workloadAudience string
 	workloadJWKSURL  string
 	workloadJWKSFile string
+	agentNamespace   string
 	revocationsFile  string
 }
 
@@ -77,6 +78,7 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.workloadAudience, "workload-audience", tokenservice.DevWorkloadAudience, "audience of workload credentials")
 	fs.StringVar(&o.workloadJWKSURL, "workload-jwks-url", "", "JWKS URL of the workload credential issuer (e.g. the Kubernetes API server's)")
 	fs.StringVar(&o.workloadJWKSFile, "workload-jwks-file", "", "JWKS file of the workload credential issuer")
+	fs.StringVar(&o.agentNamespace, "agent-namespace", "", "Kubernetes namespace whose service accounts act as the agents they are named like (default: none, or \"default\" with development credentials); other service accounts need the agent's workloads list")
 	fs.StringVar(&o.revocationsFile, "revocations-file", "", "JSON file of revoked token ids and agents (reloaded on change)")
 	fs.StringVar(&o.rolloutGroups, "rollout-groups", "", "xDS rollout groups: canary=node-a,node-b;beta=node-c")
 	fs.BoolVar(&o.stagedRollout, "staged-rollout", false, "hold a new routes version until POST /v1/xds/stage/{group} or /v1/xds/promote")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -106,123 +107,184 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 	return err
 }
 
-// startAuthz wires the decision path and its listeners.
+// authz is the decision path and everything around it, built from the
+// flags: what startAuthz serves.
+type authz struct {
+	dir        *extauthz.Directory
+	engine     *policy.Engine
+	signer     capability.Signer
+	store      runStore
+	closeStore func()
+	audit      *audit.Log
+	revs       *revocation.Set
+	tokens     *tokenservice.Service
+	srv        *extauthz.Server
+	ready      map[string]httpapi.ReadyFunc
+}
+
+// startAuthz builds the decision path, then serves it.
 func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error), extra map[string]http.Handler) error {
-	file, raw, err := loadConfig(o.config)
+	a, err := buildAuthz(ctx, o, log, reg, start)
 	if err != nil {
 		return err
 	}
-	dir := extauthz.NewDirectory(file, contentVersion(raw))
+	return a.serve(ctx, o, log, reg, start, extra)
+}
+
+// buildAuthz wires the decision path: configuration, policy, keys, store,
+// inspection, audit, revocations, the token service and the Check server.
+// The watchers it needs run under start.
+func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error)) (*authz, error) {
+	a := &authz{}
+	file, raw, err := loadConfig(o.config)
+	if err != nil {
+		return nil, err
+	}
+	a.dir = extauthz.NewDirectory(file, contentVersion(raw))
 	if o.config != "" && o.xdsServer == "" {
-		start("config-watch", func() error { watchConfig(ctx, o.config, dir, log); return nil })
+		start("config-watch", func() error { watchConfig(ctx, o.config, a.dir, log); return nil })
 	}
 	if o.xdsServer != "" {
-		start("agentsync", func() error { return subscribeAgents(ctx, o, dir, log) })
+		start("agentsync", func() error { return subscribeAgents(ctx, o, a.dir, log) })
 	}
 
-	engine, err := policy.New(ctx, policy.Options{Dir: o.policies, Logger: log, Registerer: reg})
-	if engine == nil {
-		return err
+	a.engine, err = policy.New(ctx, policy.Options{Dir: o.policies, Logger: log, Registerer: reg})
+	if a.engine == nil {
+		return nil, err
 	}
 	if err != nil {
 		log.Error("policy bundle not loaded: not ready, every Check is denied until a good bundle appears", "err", err)
 	}
 	if o.policies != "" {
-		start("policy-watch", func() error { engine.Watch(ctx, 2*time.Second); return nil })
+		start("policy-watch", func() error { a.engine.Watch(ctx, 2*time.Second); return nil })
 	}
 
-	signer, created, err := capability.LoadOrCreateDevKey(o.devKeyPath())
-	if o.signingKey != "" {
-		signer, err = capability.LoadSignerFile(o.signingKey)
+	if a.signer, err = loadSigner(o, log); err != nil {
+		return nil, err
 	}
+	keys, err := verificationKeys(ctx, o, a.signer, log, start)
 	if err != nil {
-		return err
-	}
-	if created {
-		log.Warn("created a DEVELOPMENT signing key; use --signing-key or --jwks-file/--jwks-url in production", "path", o.devKeyPath(), "kid", signer.KeyID())
-	} else {
-		log.Info("token signing key", "path", o.devKeyPath(), "kid", signer.KeyID())
-	}
-	keys, err := keySource(ctx, o, signer, log, start)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	verifier, err := capability.NewVerifier(capability.VerifierConfig{
 		Issuer: o.tokenIssuer, Audience: o.tokenAudience, Keys: keys, MaxLifetime: o.maxTokenTTL,
-		AcceptedPolicyVersions: engine.AcceptedPolicyVersions(),
+		AcceptedPolicyVersions: a.engine.AcceptedPolicyVersions(),
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 
-	store, ping, closeStore, err := newStore(o)
-	if err != nil {
-		return err
+	var ping httpapi.ReadyFunc
+	if a.store, ping, a.closeStore, err = newStore(o); err != nil {
+		return nil, err
 	}
 	findingKey, err := loadOrCreateSecret(filepath.Join(o.home, "finding-key"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	inspector, err := extauthz.NewEgressInspector([]byte(findingKey))
 	if err != nil {
-		return err
+		return nil, err
 	}
-
-	alog, err := audit.Open(o.auditPath(), audit.Options{Fsync: o.auditFsync})
-	if err != nil {
-		return err
+	if a.audit, err = audit.Open(o.auditPath(), audit.Options{Fsync: o.auditFsync}); err != nil {
+		return nil, err
 	}
 	log.Info("audit log", "path", o.auditPath())
-	revs, err := revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
+	a.revs, err = revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if o.revocationsFile != "" {
 		start("revocations-watch", func() error {
-			return ignoreCanceled(revs.Watch(ctx, 2*time.Second, func(err error) { log.Error("revocation file reload failed", "err", err) }))
+			return ignoreCanceled(a.revs.Watch(ctx, 2*time.Second, func(err error) { log.Error("revocation file reload failed", "err", err) }))
 		})
 	}
-	tokens, err := newTokenService(ctx, o, signer, dir, engine, alog, log, reg, start)
-	if err != nil {
-		return err
+	if a.tokens, err = newTokenService(ctx, o, a, log, reg, start); err != nil {
+		return nil, err
 	}
-	srv, err := extauthz.New(extauthz.Config{
-		Revocations: revs,
-		Directory:   dir, Store: store, Approvals: store, Nonces: store, Inspector: inspector,
-		Verifier: verifier, Policy: engine, Audit: alog,
+	a.srv, err = extauthz.New(extauthz.Config{
+		Revocations: a.revs,
+		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: inspector,
+		Verifier: verifier, Policy: a.engine, Audit: a.audit,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-
-	log.Info("admin token for approve/reject", "path", filepath.Join(o.home, "admin-token"))
-
-	gs := grpc.NewServer()
-	envoy_service_auth_v3.RegisterAuthorizationServer(gs, srv)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs) // so grpcurl works without proto files
-	ready := map[string]httpapi.ReadyFunc{
+	a.ready = map[string]httpapi.ReadyFunc{
 		"policy": func(context.Context) error {
-			if !engine.Ready() {
+			if !a.engine.Ready() {
 				return errors.New("policy bundle not loaded")
 			}
 			return nil
 		},
 		"store": ping,
 	}
-	start("health", func() error { trackHealth(ctx, hs, ready); return nil })
+	return a, nil
+}
 
-	lis, err := net.Listen("tcp", o.authzAddr)
-	if err != nil {
-		return fmt.Errorf("authz listen: %w", err)
+// loadSigner is the --signing-key, or else the development key in
+// $AISECOPS_HOME (created on first use, and said so).
+func loadSigner(o *options, log *slog.Logger) (capability.Signer, error) {
+	if o.signingKey != "" {
+		signer, err := capability.LoadSignerFile(o.signingKey)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("token signing key", "path", o.signingKey, "kid", signer.KeyID())
+		return signer, nil
 	}
-	log.Info("ext_authz gRPC listening", "addr", lis.Addr().String())
-	start("grpc", func() error {
+	signer, created, err := capability.LoadOrCreateDevKey(o.devKeyPath())
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Warn("created a DEVELOPMENT signing key; use --signing-key or --jwks-file/--jwks-url in production", "path", o.devKeyPath(), "kid", signer.KeyID())
+	} else {
+		log.Warn("using the DEVELOPMENT signing key; use --signing-key in production", "path", o.devKeyPath(), "kid", signer.KeyID())
+	}
+	return signer, nil
+}
+
+// serve starts the ext_authz gRPC listener (with health and reflection) and
+// the HTTP API.
+func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg prometheus.Gatherer, start func(string, func() error), extra map[string]http.Handler) error {
+	log.Info("admin token for approve/reject", "path", filepath.Join(o.home, "admin-token"))
+	gs := grpc.NewServer()
+	envoy_service_auth_v3.RegisterAuthorizationServer(gs, a.srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs) // so grpcurl works without proto files
+	start("health", func() error { trackHealth(ctx, hs, a.ready); return nil })
+	if err := serveGRPC(ctx, "ext_authz gRPC", o.authzAddr, gs, log, start, hs.Shutdown); err != nil {
+		return err
+	}
+	api := httpapi.Handler(httpapi.Config{
+		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready,
+		AdminToken: o.adminToken, Logger: log, Extra: extra,
+		Public: map[string]http.Handler{
+			"POST /v1/tokens":            a.tokens.Handler(),
+			"/v1/revocations":            a.revs.Handler(o.adminToken),
+			"GET /.well-known/jwks.json": jwksHandler(a.signer),
+		},
+	})
+	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { a.audit.Close(); a.closeStore() })
+}
+
+// serveGRPC listens on addr and serves gs until ctx ends, then stops it
+// gracefully (at most 10s; beforeStop runs first).
+func serveGRPC(ctx context.Context, name, addr string, gs *grpc.Server, log *slog.Logger, start func(string, func() error), beforeStop func()) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s listen: %w", name, err)
+	}
+	log.Info(name+" listening", "addr", lis.Addr().String())
+	start(name, func() error {
 		go func() {
 			<-ctx.Done()
-			hs.Shutdown()
+			if beforeStop != nil {
+				beforeStop()
+			}
 			stopped := make(chan struct{})
 			go func() { gs.GracefulStop(); close(stopped) }()
 			select {
@@ -233,17 +295,7 @@ func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		}()
 		return gs.Serve(lis)
 	})
-
-	api := httpapi.Handler(httpapi.Config{
-		Explainer: srv, Approvals: store, Gatherer: reg, Ready: ready,
-		AdminToken: o.adminToken, Logger: log, Extra: extra,
-		Public: map[string]http.Handler{
-			"POST /v1/tokens":            tokens.Handler(),
-			"/v1/revocations":            revs.Handler(o.adminToken),
-			"GET /.well-known/jwks.json": jwksHandler(signer),
-		},
-	})
-	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { alog.Close(); closeStore() })
+	return nil
 }
 
 func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger, start func(string, func() error), onStop func()) error {
@@ -340,34 +392,48 @@ func watchConfig(ctx context.Context, path string, dir *extauthz.Directory, log 
 	}
 }
 
-// keySource is the signing key itself plus any configured JWKS.
-func keySource(ctx context.Context, o *options, signer capability.Signer, log *slog.Logger, start func(string, func() error)) (capability.KeySource, error) {
+// verificationKeys are the signing key itself plus any configured JWKS.
+func verificationKeys(ctx context.Context, o *options, signer capability.Signer, log *slog.Logger, start func(string, func() error)) (capability.KeySource, error) {
 	own, err := capability.NewStaticKeys(map[string]crypto.PublicKey{signer.KeyID(): signer.Public()})
 	if err != nil {
 		return nil, err
 	}
 	sources := capability.KeySources{own}
-	if o.jwksFile != "" {
-		f, err := capability.NewJWKSFile(o.jwksFile)
-		if err != nil {
-			return nil, err
-		}
-		start("jwks-file", func() error {
-			return ignoreCanceled(f.Watch(ctx, 5*time.Second, func(err error) { log.Error("jwks file reload failed", "err", err) }))
-		})
-		sources = append(sources, f)
+	more, err := jwksSource(ctx, "jwks", o.jwksFile, o.jwksURL, log, start)
+	if err != nil {
+		return nil, err
 	}
-	if o.jwksURL != "" {
-		u, err := capability.NewJWKSURL(capability.JWKSURLConfig{URL: o.jwksURL})
-		if err != nil {
-			return nil, err
-		}
-		start("jwks-url", func() error {
-			return ignoreCanceled(u.Run(ctx, func(err error) { log.Error("jwks url refresh failed", "err", err) }))
-		})
-		sources = append(sources, u)
+	if more != nil {
+		sources = append(sources, more...)
 	}
 	return sources, nil
+}
+
+// jwksSource is the keys of a JWKS file and/or URL, each watched under start;
+// nil when neither is set.
+func jwksSource(ctx context.Context, name, file, url string, log *slog.Logger, start func(string, func() error)) (capability.KeySources, error) {
+	var out capability.KeySources
+	if file != "" {
+		f, err := capability.NewJWKSFile(file)
+		if err != nil {
+			return nil, err
+		}
+		start(name+"-file", func() error {
+			return ignoreCanceled(f.Watch(ctx, 5*time.Second, func(err error) { log.Error(name+" file reload failed", "err", err) }))
+		})
+		out = append(out, f)
+	}
+	if url != "" {
+		u, err := capability.NewJWKSURL(capability.JWKSURLConfig{URL: url})
+		if err != nil {
+			return nil, err
+		}
+		start(name+"-url", func() error {
+			return ignoreCanceled(u.Run(ctx, func(err error) { log.Error(name+" url refresh failed", "err", err) }))
+		})
+		out = append(out, u)
+	}
+	return out, nil
 }
 
 func ignoreCanceled(err error) error {
@@ -379,38 +445,25 @@ func ignoreCanceled(err error) error {
 
 // newTokenService is POST /v1/tokens: workload credential in, capability token
 // out, as the bundle's tokens policy decides.
-func newTokenService(ctx context.Context, o *options, signer capability.Signer, dir *extauthz.Directory, engine *policy.Engine,
-	alog audit.Sink, log *slog.Logger, reg prometheus.Registerer, start func(string, func() error)) (*tokenservice.Service, error) {
+func newTokenService(ctx context.Context, o *options, a *authz, log *slog.Logger, reg prometheus.Registerer, start func(string, func() error)) (*tokenservice.Service, error) {
 	var wv tokenservice.WorkloadVerifier
+	agentNamespace := o.agentNamespace
 	if o.workloadIssuer == "" {
-		dev, err := tokenservice.DevWorkloadVerifier(signer)
+		dev, err := tokenservice.DevWorkloadVerifier(a.signer)
 		if err != nil {
 			return nil, err
 		}
 		wv = dev
+		if agentNamespace == "" {
+			agentNamespace = tokenservice.DevWorkloadNamespace
+		}
 		log.Warn("token service accepts DEVELOPMENT workload credentials (aisecops token --workload); set --workload-issuer in production")
 	} else {
-		var keys capability.KeySource
-		switch {
-		case o.workloadJWKSFile != "":
-			f, err := capability.NewJWKSFile(o.workloadJWKSFile)
-			if err != nil {
-				return nil, err
-			}
-			start("workload-jwks-file", func() error {
-				return ignoreCanceled(f.Watch(ctx, 5*time.Second, func(err error) { log.Error("workload jwks reload failed", "err", err) }))
-			})
-			keys = f
-		case o.workloadJWKSURL != "":
-			u, err := capability.NewJWKSURL(capability.JWKSURLConfig{URL: o.workloadJWKSURL})
-			if err != nil {
-				return nil, err
-			}
-			start("workload-jwks-url", func() error {
-				return ignoreCanceled(u.Run(ctx, func(err error) { log.Error("workload jwks refresh failed", "err", err) }))
-			})
-			keys = u
-		default:
+		keys, err := jwksSource(ctx, "workload-jwks", o.workloadJWKSFile, o.workloadJWKSURL, log, start)
+		if err != nil {
+			return nil, err
+		}
+		if len(keys) == 0 {
 			return nil, errors.New("--workload-issuer needs --workload-jwks-file or --workload-jwks-url")
 		}
 		v, err := capability.NewWorkloadVerifier(capability.WorkloadConfig{Issuer: o.workloadIssuer, Audience: o.workloadAudience, Keys: keys})
@@ -420,9 +473,10 @@ func newTokenService(ctx context.Context, o *options, signer capability.Signer, 
 		wv = v
 	}
 	return tokenservice.New(tokenservice.Config{
-		Signer: signer, Issuer: o.tokenIssuer, Audience: o.tokenAudience, MaxTTL: o.maxTokenTTL,
-		Workload: wv, AgentLookup: dir.Agent, ToolLookup: dir.Tool,
-		Policy: engine, Audit: alog, PolicyVersion: engine.Version, Logger: log, Registerer: reg,
+		Signer: a.signer, Issuer: o.tokenIssuer, Audience: o.tokenAudience, MaxTTL: o.maxTokenTTL,
+		Workload: wv, AgentLookup: a.dir.Agent, ToolLookup: a.dir.Tool, WorkloadLookup: a.dir.WorkloadAgent,
+		AgentNamespace: agentNamespace, Revocations: a.revs, Runs: a.store,
+		Policy: a.engine, Audit: a.audit, PolicyVersion: a.engine.Version, Logger: log, Registerer: reg,
 	})
 }
 
@@ -437,6 +491,12 @@ func jwksHandler(signer capability.Signer) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(data)
 	})
+}
+
+// contentVersion is a short content hash of a configuration file.
+func contentVersion(raw []byte) string {
+	s := sha256.Sum256(raw)
+	return hex.EncodeToString(s[:])[:12]
 }
 
 // loadOrCreateSecret reads a secret file, creating a random one (0600) if absent.

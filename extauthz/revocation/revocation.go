@@ -175,6 +175,16 @@ func (s *Set) Check(c *capability.Claims) error {
 	return nil
 }
 
+// AgentRevoked reports whether agent has a revocation entry: while it stands
+// the token service mints nothing for the agent, so revoking an agent stops
+// both the tokens it holds and the ones it would ask for next. (Check still
+// judges each token by its issue time, so tokens minted after an entry is
+// removed work.)
+func (s *Set) AgentRevoked(agent string, _ time.Time) bool {
+	_, ok := s.cur.Load().agents[agent]
+	return ok
+}
+
 func revoked() error { return reason.New(reason.TokenRevoked, "token has been revoked") }
 
 // RevokeJTI revokes the token with this jti. The entry is kept until
@@ -239,18 +249,14 @@ var ErrFull = errors.New("revocation: list full")
 
 func (s *Set) sizeLocked() int { return len(s.api.jtis) + len(s.api.agents) }
 
-// pruneLocked forgets API entries that can no longer match a token the Check
-// path accepts: a jti past its token's expiry, an agent cut-off older than the
-// longest token lifetime.
+// pruneLocked forgets API jti entries that can no longer match a token the
+// Check path accepts. Agent entries stay: they also stop the agent from
+// minting, for as long as the service runs (use the file for a revocation
+// that outlives a restart, or that is lifted later).
 func (s *Set) pruneLocked(now time.Time) {
 	for jti, exp := range s.api.jtis {
 		if now.After(exp.Add(s.opts.Leeway)) {
 			delete(s.api.jtis, jti)
-		}
-	}
-	for agent, before := range s.api.agents {
-		if now.After(before.Add(s.opts.MaxTokenLifetime + s.opts.Leeway)) {
-			delete(s.api.agents, agent)
 		}
 	}
 }
