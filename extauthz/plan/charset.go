@@ -484,3 +484,56 @@ func decodeUTF32(b []byte, big bool, maxOut int) ([]byte, bool, error) {
 	}
 	return out, nuls, nil
 }
+
+// SniffCompression returns the content coding whose stream raw starts with —
+// "gzip" (1F 8B), "deflate" (a zlib stream, which is what HTTP's deflate
+// coding carries), "zstd" (a frame or a skippable frame), "xz" or "bzip2" — or
+// "" for none. It never decompresses. The caller compares the result with
+// Content-Encoding: an undeclared compressed body hides its text from the
+// scanner while the recipient can inflate it.
+//
+// A zlib header is two bytes with a checksum (RFC 1950), and six of the 32
+// valid ones are printable ("x^", "hC", "HK", …), so a body whose header
+// matches counts as zlib only when it is not plain text as well (see
+// textLike). Deflate data is full of control and invalid UTF-8 bytes; only a
+// stream crafted to be printable (as in the "Rosetta Flash" attack) passes,
+// and no compressor emits one. Brotli and raw deflate have no magic number and
+// cannot be sniffed.
+func SniffCompression(raw []byte) string {
+	switch {
+	case len(raw) >= 2 && raw[0] == 0x1F && raw[1] == 0x8B:
+		return "gzip"
+	case len(raw) >= 4 && raw[0] == 0x28 && raw[1] == 0xB5 && raw[2] == 0x2F && raw[3] == 0xFD,
+		len(raw) >= 4 && raw[0]&0xF0 == 0x50 && raw[1] == 0x2A && raw[2] == 0x4D && raw[3] == 0x18:
+		return "zstd"
+	case len(raw) >= 6 && string(raw[:6]) == "\xFD7zXZ\x00":
+		return "xz"
+	case len(raw) >= 10 && string(raw[:3]) == "BZh" && '1' <= raw[3] && raw[3] <= '9' &&
+		(string(raw[4:10]) == "1AY&SY" || string(raw[4:10]) == "\x17\x72\x45\x38\x50\x90"):
+		return "bzip2"
+	case zlibHeader(raw) && !textLike(raw):
+		return "deflate"
+	}
+	return ""
+}
+
+// zlibHeader reports whether raw starts with an RFC 1950 header: method 8
+// (deflate), a window of at most 32 KiB, a valid check, no preset dictionary.
+func zlibHeader(raw []byte) bool {
+	if len(raw) < 2 {
+		return false
+	}
+	cmf, flg := raw[0], raw[1]
+	return cmf&0x0F == 8 && cmf>>4 <= 7 && (uint16(cmf)<<8|uint16(flg))%31 == 0 && flg&0x20 == 0
+}
+
+// textLike reports whether b is valid UTF-8 with no control byte other than
+// whitespace.
+func textLike(b []byte) bool {
+	for _, c := range b {
+		if (c < 0x20 && (c < '\t' || c > '\r')) || c == 0x7F {
+			return false
+		}
+	}
+	return utf8.Valid(b)
+}

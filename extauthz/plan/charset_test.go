@@ -3,9 +3,12 @@ package plan
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
+	"compress/zlib"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os/exec"
 	"strings"
@@ -505,6 +508,65 @@ func pythonName(c Charset, bom int) string {
 	}[c]
 }
 
+func TestSniffCompression(t *testing.T) {
+	tests := map[string]struct {
+		raw  []byte
+		want string
+	}{
+		"gzip":                               {[]byte("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"), "gzip"},
+		"zlib default":                       {[]byte("\x78\x9c\xcb\x48\xcd\xc9\xc9\x07\x00"), "deflate"},
+		"zlib fastest":                       {[]byte("\x78\x01\x01\x05\x00\xfa\xff"), "deflate"},
+		"zlib best":                          {[]byte("\x78\xda\xcb\x48\xcd\xc9\xc9\x07\x00"), "deflate"},
+		"zlib level 2":                       {[]byte("\x78\x5e\xcb\x48\xcd\xc9\xc9\x07\x00"), "deflate"},
+		"zlib small window":                  {[]byte("\x48\x89\xcb\x48\xcd\xc9\xc9\x07\x00"), "deflate"},
+		"zlib printable header, binary data": {[]byte("hC\xcb\x48\xcd\xc9"), "deflate"},
+		"zstd":                               {[]byte("\x28\xb5\x2f\xfd\x24\x05\x29\x00"), "zstd"},
+		"zstd skippable":                     {[]byte("\x5a\x2a\x4d\x18\x00\x00\x00\x00"), "zstd"},
+		"xz":                                 {[]byte("\xfd7zXZ\x00\x00\x04"), "xz"},
+		"bzip2":                              {[]byte("BZh91AY&SY\x00\x01"), "bzip2"},
+		"bzip2 empty":                        {[]byte("BZh9\x17\x72\x45\x38\x50\x90\x00\x00\x00\x00"), "bzip2"},
+
+		"json":                     {[]byte(`{"a":1}`), ""},
+		"empty":                    {nil, ""},
+		"one byte":                 {[]byte{0x1f}, ""},
+		"text x^":                  {[]byte("x^2 + 1 = 0"), ""},
+		"text HK":                  {[]byte("HKEY_LOCAL_MACHINE\\Software"), ""},
+		"text x space":             {[]byte("x = 5"), ""},
+		"zlib with a dictionary":   {[]byte("\x78\xbb\x00\x00\x00\x00"), ""},
+		"bzip2 prefix, text":       {[]byte("BZh9 is a header"), ""},
+		"utf-16 text":              {u16("hello", false), ""},
+		"gzip magic inside utf-16": {cat(bomUTF16LE, []byte{0x1f, 0x8b}), ""},
+	}
+	for name, tc := range tests {
+		if got := SniffCompression(tc.raw); got != tc.want {
+			t.Errorf("%s: SniffCompression(% x) = %q, want %q", name, tc.raw, got, tc.want)
+		}
+	}
+	// Real streams from Go's compressors, at every level, of empty, short and
+	// repetitive text.
+	for _, text := range []string{"", "a", emailJSON, strings.Repeat("hello world ", 100)} {
+		for level := zlib.HuffmanOnly; level <= zlib.BestCompression; level++ {
+			var gz, zl bytes.Buffer
+			gw, _ := gzip.NewWriterLevel(&gz, level)
+			zw, _ := zlib.NewWriterLevel(&zl, level)
+			for _, w := range []io.WriteCloser{gw, zw} {
+				if _, err := io.WriteString(w, text); err != nil {
+					t.Fatal(err)
+				}
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := SniffCompression(gz.Bytes()); got != "gzip" {
+				t.Errorf("gzip level %d of %.10q: %q", level, text, got)
+			}
+			if got := SniffCompression(zl.Bytes()); got != "deflate" {
+				t.Errorf("zlib level %d of %.10q: %q", level, text, got)
+			}
+		}
+	}
+}
+
 // FuzzDecodeText: no panic; an error is a *reason.Error and returns nothing;
 // text is valid UTF-8 without NUL, within the limit, and re-encodes to the
 // body it came from; valid UTF-8 without a BOM or NUL comes back as is.
@@ -516,6 +578,7 @@ func FuzzDecodeText(f *testing.F) {
 		if maxOut > 4*len(raw)+16 || maxOut < -1 {
 			maxOut = -1
 		}
+		_ = SniffCompression(raw) // must not panic on any prefix
 		text, enc, err := DecodeText(raw, ct, maxOut)
 		limit := maxOut
 		if limit <= 0 {

@@ -37,7 +37,8 @@
 //     Python's json.loads detects it, or as a charset parameter declares,
 //     with NULs removed so NUL-interleaved text cannot hide from a scanner.
 //     A charset the detection contradicts is ambiguous and an error, as are
-//     invalid sequences.
+//     invalid sequences. SniffCompression names an undeclared compressed
+//     body; this package never decompresses.
 //   - Path normalisation (Plan.Path) resolves what an upstream may resolve, so a
 //     policy on the path sees the most-resolved form: the query and fragment are
 //     dropped; percent-encoded unreserved characters, %2F (slash) and %5C
