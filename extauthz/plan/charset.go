@@ -237,7 +237,8 @@ func (l label) allows(c Charset) bool {
 	return false
 }
 
-// charsetLabels are the spellings we accept, compared ASCII-case-insensitively.
+// charsetLabels are the spellings we accept, compared ASCII-case-insensitively
+// (asciiEqualFold).
 var charsetLabels = [...]struct {
 	name string
 	l    label
@@ -261,7 +262,7 @@ func declaredCharset(contentType string) (label, error) {
 		return labelNone, err
 	}
 	for _, c := range charsetLabels {
-		if strings.EqualFold(name, c.name) {
+		if asciiEqualFold(name, c.name) {
 			return c.l, nil
 		}
 	}
@@ -315,7 +316,7 @@ func charsetParam(ct string) (value string, found bool, err error) {
 		} else {
 			v, s = trimOWS(s), ""
 		}
-		if strings.EqualFold(name, "charset") {
+		if asciiEqualFold(name, "charset") {
 			if found {
 				return malformed()
 			}
@@ -326,6 +327,28 @@ func charsetParam(ct string) (value string, found bool, err error) {
 }
 
 func trimOWS(s string) string { return strings.Trim(s, " \t") }
+
+// asciiEqualFold is HTTP's case-insensitive comparison. strings.EqualFold
+// would also fold "ſ" into "s", so "charſet" would declare a charset that
+// every HTTP library ignores.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
 
 func errAmbiguous(l label, detected Charset) *reason.Error {
 	return reason.Wrap(reason.BadRequest, fmt.Errorf("%w: declared %s, body reads as %s", ErrAmbiguous, labelNames[l], detected),
