@@ -32,6 +32,13 @@
 //     On a route with mcp_tools the route's tool names the MCP server (the
 //     capability token is scoped to the server) and an MCP tools/call's
 //     params.name must be one of mcp_tools instead.
+//   - Body text (DecodeText): the bytes are read as the upstream reads them —
+//     UTF-16 or UTF-32 with or without a byte order mark, detected as
+//     Python's json.loads detects it, or as a charset parameter declares,
+//     with NULs removed so NUL-interleaved text cannot hide from a scanner.
+//     A charset the detection contradicts is ambiguous and an error, as are
+//     invalid sequences. SniffCompression names an undeclared compressed
+//     body; this package never decompresses.
 //   - Path normalisation (Plan.Path) resolves what an upstream may resolve, so a
 //     policy on the path sees the most-resolved form: the query and fragment are
 //     dropped; percent-encoded unreserved characters, %2F (slash) and %5C

@@ -126,3 +126,43 @@ func BenchmarkFromCheckRequest(b *testing.B) {
 		}
 	}
 }
+
+// FuzzNormalizePath: no input panics, every error is bad_request, and a path
+// that is returned is normal: it starts with '/' (or is "*"), normalising it
+// again changes nothing, and it has no empty, "." or ".." segment, no
+// backslash, query or fragment, and no escape an upstream would decode into a
+// separator or a dot.
+func FuzzNormalizePath(f *testing.F) {
+	for in := range normalizePathCases {
+		f.Add(in)
+	}
+	for _, in := range badPaths {
+		f.Add(in)
+	}
+	f.Add("/a/%2e%2E/%2F%5c/./..%2f.%2e")
+	f.Fuzz(func(t *testing.T, raw string) {
+		p, err := NormalizePath(raw)
+		if err != nil {
+			if reason.CodeOf(err) != reason.BadRequest || p != "" {
+				t.Fatalf("NormalizePath(%q) = %q, %v: want no path and bad_request", raw, p, err)
+			}
+			return
+		}
+		if p == "*" {
+			if raw != "*" {
+				t.Fatalf("NormalizePath(%q) = \"*\"", raw)
+			}
+			return
+		}
+		upper := strings.ToUpper(p)
+		if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") ||
+			strings.Contains(p+"/", "/./") || strings.Contains(p+"/", "/../") ||
+			strings.ContainsAny(p, "\\?#") ||
+			strings.Contains(upper, "%2F") || strings.Contains(upper, "%5C") || strings.Contains(upper, "%2E") {
+			t.Fatalf("NormalizePath(%q) = %q is not normal", raw, p)
+		}
+		if again, err := NormalizePath(p); err != nil || again != p {
+			t.Fatalf("NormalizePath not idempotent: %q → %q → %q (%v)", raw, p, again, err)
+		}
+	})
+}
