@@ -18,9 +18,9 @@ type Directory struct {
 
 // directory is one immutable snapshot of the configuration.
 type directory struct {
-	agents   map[string]config.Agent
-	tools    map[string]config.Tool
-	routes   *config.RouteTable
+	agents    map[string]config.Agent
+	tools     map[string]config.Tool
+	routes    *config.RouteTable
 	versions  map[string]string // tool → route version
 	workloads map[string]string // workload subject → agent id
 	version   string

@@ -113,16 +113,20 @@ func TestScenario31AtModelCall(t *testing.T) {
 }
 
 // TestIPLiteralHostsDenied: every spelling of an internal address as the
-// destination is refused, whatever route Envoy matched.
+// destination is refused: as the request's host (no route of the routes file
+// has it, whatever route Envoy claims) and inside a URL argument.
 func TestIPLiteralHostsDenied(t *testing.T) {
 	e := newEnv(t)
 	for _, host := range []string{"2130706433", "0x7f.1", "017.0.0.1", "[::ffff:127.0.0.1]", "169.254.169.254"} {
 		t.Run(host, func(t *testing.T) {
 			r := e.call(t, "demo-agent", "db.read", "run-ip", `{"table":"t"}`)
 			r.host = host // Host and :authority agree; the address itself is the problem
-			res := e.check(t, r)
-			if res.allowed || !slices.Contains(reasonCodes(res.body), "destination_blocked") {
+			if res := e.check(t, r); res.allowed || res.code() != "route_unconfigured" {
 				t.Fatalf("host %s: allowed=%v reasons=%v", host, res.allowed, reasonCodes(res.body))
+			}
+			r = e.call(t, "doc-agent", "web.fetch", "run-ip", fmt.Sprintf(`{"url":"http://%s/latest/meta-data"}`, host))
+			if res := e.check(t, r); res.allowed || !slices.Contains(reasonCodes(res.body), "destination_blocked") {
+				t.Fatalf("url to %s: allowed=%v reasons=%v", host, res.allowed, reasonCodes(res.body))
 			}
 		})
 	}

@@ -255,7 +255,7 @@ func (e *env) route(tool string) map[string]string {
 	}
 	ext := map[string]string{
 		"tool": tl.Name, "tool_class": tl.Class, "base_risk": fmt.Sprint(tl.BaseRisk), "trust": tl.Trust,
-		"cost": fmt.Sprint(tl.Cost), "route_version": "rv-" + tl.Name,
+		"cost": fmt.Sprint(tl.Cost), "route_version": config.RouteVersion(tl),
 	}
 	if len(tl.MCPTools) > 0 {
 		ext["mcp_tools"] = strings.Join(tl.MCPTools, ",")

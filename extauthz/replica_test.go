@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz"
+	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
 )
 
@@ -32,7 +33,7 @@ func testReplicasShareOneRun(t *testing.T, store envOption) {
 			t.Fatalf("check %d: %d %v", i, res.status, reasonCodes(res.body))
 		}
 	}
-	st, err := a.store.Load(context.Background(), "run-replicas", "")
+	st, err := a.store.Load(context.Background(), riskstore.RunRef{Agent: "tiny-agent", ID: "run-replicas"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func testConcurrentChecksKeepBudgetExact(t *testing.T, store envOption) {
 		})
 	}
 	wg.Wait()
-	st, _ := a.store.Load(context.Background(), "run-burst", "")
+	st, _ := a.store.Load(context.Background(), riskstore.RunRef{Agent: "burst-agent", ID: "run-burst"}, "")
 	if allowed != 10 || st.ToolCalls != 15 {
 		t.Fatalf("allowed %d (denied %v %v), calls %d; want exactly 10 allowed and 15 calls", allowed, denied, codes, st.ToolCalls)
 	}

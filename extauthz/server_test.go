@@ -48,7 +48,7 @@ func TestAllowDBReadStripsInputs(t *testing.T) {
 	}
 	rec := recs[0]
 	if rec.Decision != "allow" || rec.AgentID != "demo-agent" || rec.Tool != "db.read" || rec.RunID != "run-allow" ||
-		rec.TokenJTI == "" || rec.ArgumentsHash == "" || !rec.Committed || rec.PolicyVersion == "" || rec.RouteVersion != "rv-db.read" {
+		rec.TokenJTI == "" || rec.ArgumentsHash == "" || !rec.Committed || rec.PolicyVersion == "" || rec.RouteVersion != e.route("db.read")["route_version"] {
 		t.Errorf("audit record incomplete: %+v", rec)
 	}
 	if rec.DecisionID != res.headers[extauthz.HeaderDecisionID] {
@@ -210,7 +210,7 @@ func testBudgetExhaustedIs429(t *testing.T, store envOption) {
 	if res.allowed || res.status != 429 || res.code() != "budget_exceeded" {
 		t.Fatalf("4th call: allowed=%v status=%d code=%s, want 429 budget_exceeded", res.allowed, res.status, res.code())
 	}
-	st, _ := e.store.Load(context.Background(), "run-budget", "")
+	st, _ := e.store.Load(context.Background(), riskstore.RunRef{Agent: "tiny-agent", ID: "run-budget"}, "")
 	if st.ToolCalls != 3 {
 		t.Errorf("tool calls = %d, want 3", st.ToolCalls)
 	}
@@ -228,7 +228,7 @@ func testExplainAndDryRunCommitNothing(t *testing.T, store envOption) {
 			if res := e.check(t, e.call(t, "demo-agent", "db.read", run, "")); !res.allowed {
 				t.Fatal(res.body)
 			}
-			before, _ := e.store.Load(context.Background(), run, "")
+			before, _ := e.store.Load(context.Background(), riskstore.RunRef{Agent: "demo-agent", ID: run}, "")
 			for range 3 {
 				r := e.call(t, "demo-agent", "db.write", run, `{"x":1}`)
 				r.headers[header] = "true"
@@ -240,7 +240,7 @@ func testExplainAndDryRunCommitNothing(t *testing.T, store envOption) {
 					t.Fatalf("trace incomplete: %+v", res.body.Trace)
 				}
 			}
-			after, _ := e.store.Load(context.Background(), run, "")
+			after, _ := e.store.Load(context.Background(), riskstore.RunRef{Agent: "demo-agent", ID: run}, "")
 			if after.ToolCalls != before.ToolCalls || after.RiskTotal != before.RiskTotal {
 				t.Fatalf("%s changed run state: %+v → %+v", header, before, after)
 			}
@@ -331,7 +331,7 @@ func testScenario34ChainEscalation(t *testing.T, store envOption) {
 			firstStop = i
 		}
 	}
-	st, _ := e.store.Load(context.Background(), run, "")
+	st, _ := e.store.Load(context.Background(), riskstore.RunRef{Agent: "demo-agent", ID: run}, "")
 	if allowed == 0 || allowed > 3 || st.ToolCalls != int64(allowed) {
 		t.Fatalf("allowed %d of %d sends (state %d calls); want a handful at most", allowed, attempts, st.ToolCalls)
 	}
@@ -362,7 +362,10 @@ func TestMalformedInputDenied(t *testing.T) {
 		code   string
 		status int
 	}{
-		"no context extensions":  {func(r *req) { r.ext = nil }, "route_unconfigured", 403},
+		"no route for the host": {func(r *req) { r.ext, r.host = nil, "unknown.internal" }, "route_unconfigured", 403},
+		"extensions of another route": {func(r *req) {
+			r.ext = e.route("shell.exec") // Envoy's route context must be the file's route for this host and path
+		}, "route_unconfigured", 403},
 		"bad tool_class":         {func(r *req) { r.ext["tool_class"] = "admin" }, "route_unconfigured", 403},
 		"bad base_risk":          {func(r *req) { r.ext["base_risk"] = "high" }, "route_unconfigured", 403},
 		"partial body":           {func(r *req) { r.headers["x-envoy-auth-partial-body"] = "true" }, "partial_body", 413},
@@ -427,7 +430,7 @@ func testEnvoyRetryIsIdempotent(t *testing.T, store envOption) {
 	if !first.allowed || !second.allowed || first.headers[extauthz.HeaderDecisionID] != second.headers[extauthz.HeaderDecisionID] {
 		t.Fatalf("retry: %+v / %+v", first.headers, second.headers)
 	}
-	st, _ := e.store.Load(context.Background(), "run-retry", "")
+	st, _ := e.store.Load(context.Background(), riskstore.RunRef{Agent: "demo-agent", ID: "run-retry"}, "")
 	if st.ToolCalls != 1 {
 		t.Fatalf("tool calls = %d after a retry, want 1", st.ToolCalls)
 	}
@@ -474,9 +477,9 @@ func TestAuditFailureDenies(t *testing.T) {
 }
 
 // brokenStore is a run-state store whose backend is down.
-type brokenStore struct{ riskstore.Store }
+type brokenStore struct{ extauthz.RunStore }
 
-func (brokenStore) Load(context.Context, string, string) (riskstore.State, error) {
+func (brokenStore) Load(context.Context, riskstore.RunRef, string) (riskstore.State, error) {
 	return riskstore.State{}, errors.New("dial tcp: connection refused")
 }
 
@@ -507,7 +510,7 @@ func TestExpiredDeadlineCommitsNothing(t *testing.T) {
 	if res.allowed || res.status != 503 {
 		t.Fatalf("late check: allowed=%v status=%d code=%s", res.allowed, res.status, res.code())
 	}
-	st, _ := e.store.Load(context.Background(), "run-late", "")
+	st, _ := e.store.Load(context.Background(), riskstore.RunRef{Agent: "demo-agent", ID: "run-late"}, "")
 	if st.ToolCalls != 0 {
 		t.Fatalf("abandoned check committed: %+v", st)
 	}

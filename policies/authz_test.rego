@@ -16,13 +16,13 @@ base := {
 		"allowed_tools": ["db.read", "db.write", "send_email", "shell.exec", "docs.search", "llm.openai"],
 		"approval_threshold": 1.5, "halt_threshold": 2.0,
 	},
-	"plan": {"source": "plan", "tool": "db.read", "arguments": {"table": "customers"}, "arguments_hash": "h", "plan_hash": "p", "trace_id": "t", "run_id": "run-1"},
+	"plan": {"source": "plan", "tool": "db.read", "arguments": {"table": "customers"}, "arguments_hash": "h", "binding": "p", "trace_id": "t", "run_id": "run-1"},
 	"token": {"present": true, "jti": "jti-1", "scope": "crm", "policy_version": "v1.0", "run_id": "run-1"},
 	"provenance": [],
 	"untrusted_context": false,
 	"risk": {"r_step": 0.2, "e": 1.0, "t": 0.5, "b": 1.0, "step": 0.1, "total_before": 0, "total": 0.1},
 	"budget": {"consumption": {"max_tool_calls": 0.02}, "exceeded": ""},
-	"run": {"id": "run-1", "tool_calls": 0, "write_operations": 0, "cost": 0, "recent": []},
+	"run": {"id": "run-1", "tool_calls": 0, "write_operations": 0, "cost": 0, "facts": []},
 	"approval": {"present": false, "valid": false},
 	"findings": [],
 }
@@ -47,7 +47,10 @@ llm := {
 	"plan": {"source": "llm", "tool": "llm.openai"},
 }
 
-internal_read_step := {"tool": "db.read", "class": "read", "trust": "internal", "untrusted": false}
+# Sticky run facts, as the Go side records them (package risk).
+internal_read_fact := "step:read:internal"
+
+untrusted_fact := "context:untrusted"
 
 with_input(patch) := object.union(base, patch)
 
@@ -57,8 +60,8 @@ with_input(patch) := object.union(base, patch)
 derive(inp) := object.union(inp, {
 	"finding_classes": {f.class: true | some f in object.get(inp, "findings", [])},
 	"run": object.union(object.get(inp, "run", {}), {
-		"tainted": count([s | some s in object.get(inp, ["run", "recent"], []); s.untrusted == true]) > 0,
-		"read_internal": count([s | some s in object.get(inp, ["run", "recent"], []); s.class == "read"; s.trust == "internal"]) > 0,
+		"tainted": untrusted_fact in object.get(inp, ["run", "facts"], []),
+		"read_internal": internal_read_fact in object.get(inp, ["run", "facts"], []),
 	}),
 })
 
@@ -118,10 +121,12 @@ test_token_missing_denied if {
 	codes(res) == {"token_missing"}
 }
 
-test_token_missing_llm_allowed if {
+# Identity comes from a verified token on model calls too: no token, no call.
+test_token_missing_llm_denied if {
 	inp := object.union(with_input(llm), {"token": {"present": false}, "agent": {"authenticated": false}})
 	res := authz.result with input as derive(inp)
-	res.decision == "allow"
+	res.decision == "deny"
+	"token_missing" in codes(res)
 }
 
 test_unauthenticated_denied if {
@@ -156,15 +161,14 @@ test_tool_not_in_list_denied if {
 }
 
 test_exec_after_internal_read_denied if {
-	inp := object.union(with_input(shell_exec), {"run": {"recent": [internal_read_step]}})
+	inp := object.union(with_input(shell_exec), {"run": {"facts": [internal_read_fact]}})
 	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	codes(res) == {"exec_after_sensitive_read"}
 }
 
 test_exec_after_neutral_read_allowed if {
-	step := {"tool": "docs.search", "class": "read", "trust": "neutral", "untrusted": false}
-	inp := object.union(with_input(shell_exec), {"run": {"recent": [step]}})
+	inp := object.union(with_input(shell_exec), {"run": {"facts": ["step:read:neutral"]}})
 	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
@@ -342,17 +346,16 @@ test_seed_step1_db_read_allowed if {
 test_seed_step2_send_email_allowed if {
 	inp := object.union(object.union(with_input(seed_agent), send_email), {
 		"risk": {"r_step": 0.4, "e": 1.2, "t": 2.0, "b": 1.0, "step": 0.96, "total_before": 0.1, "total": 1.06, "escalations": ["external_send_after_internal_read"]},
-		"run": {"tool_calls": 1, "recent": [internal_read_step]},
+		"run": {"tool_calls": 1, "facts": [internal_read_fact]},
 	})
 	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
 test_seed_step3_db_write_needs_approval if {
-	send_step := {"tool": "send_email", "class": "external_send", "trust": "untrusted", "untrusted": true}
 	inp := object.union(object.union(with_input(seed_agent), db_write), {
 		"risk": {"r_step": 0.5, "e": 1.0, "t": 0.5, "b": 1.1, "step": 0.275, "total_before": 1.06, "total": 1.335},
-		"run": {"tool_calls": 2, "recent": [internal_read_step, send_step]},
+		"run": {"tool_calls": 2, "facts": [internal_read_fact, "step:external_send:untrusted"]},
 	})
 	res := authz.result with input as derive(inp)
 	res.decision == "require_approval"
@@ -462,15 +465,14 @@ test_oversized_payload_needs_approval if {
 }
 
 test_external_send_after_untrusted_step_denied if {
-	tainted := {"tool": "llm.openai", "class": "llm", "trust": "untrusted", "untrusted": true}
-	inp := object.union(with_input(send_email), {"run": {"recent": [tainted]}})
+	inp := object.union(with_input(send_email), {"run": {"facts": ["step:llm:untrusted", untrusted_fact]}})
 	res := authz.result with input as derive(inp)
 	res.decision == "deny"
 	"tainted_run_external_send" in codes(res)
 }
 
 test_external_send_after_clean_steps_allowed if {
-	inp := object.union(with_input(send_email), {"run": {"recent": [internal_read_step]}})
+	inp := object.union(with_input(send_email), {"run": {"facts": [internal_read_fact]}})
 	res := authz.result with input as derive(inp)
 	not "tainted_run_external_send" in codes(res)
 }

@@ -69,7 +69,12 @@ func FromCheckRequest(req *envoy_service_auth_v3.CheckRequest, opts Options) (*P
 // error is a *reason.Error; it never panics, whatever the request holds. A
 // Plan returned with an error holds what was parsed before it (the route,
 // when known), for the audit line.
-func Parse(req *envoy_service_auth_v3.CheckRequest, opts Options, resolve Resolver) (*Plan, error) {
+func Parse(req *envoy_service_auth_v3.CheckRequest, opts Options, resolve Resolver) (p *Plan, err error) {
+	defer func() {
+		if err != nil && p != nil {
+			p.Calls = nil // a partial plan names its route, never a call to decide on
+		}
+	}()
 	o := opts.withDefaults()
 	if req == nil {
 		return nil, reason.New(reason.BadRequest, "empty check request")
@@ -82,7 +87,7 @@ func Parse(req *envoy_service_auth_v3.CheckRequest, opts Options, resolve Resolv
 	if id := hr.GetId(); id != "" && !validID(id, idChars) {
 		return nil, reason.New(reason.BadRequest, "request id is not valid")
 	}
-	p := &Plan{RequestID: hr.GetId(), Source: SourceNone}
+	p = &Plan{RequestID: hr.GetId(), Source: SourceNone}
 
 	h, err := collectHeaders(hr, o)
 	if err != nil {
@@ -123,10 +128,12 @@ func Parse(req *envoy_service_auth_v3.CheckRequest, opts Options, resolve Resolv
 	p.ContentType = h.contentType.v
 	if len(body) > 0 {
 		p.RawBody = body
-		p.Body = body
+		if p.Body, err = bodyText(route, body, h.contentType.v); err != nil {
+			return p, err
+		}
 	}
 
-	bi, err := parseBody(route, body, h.contentType.v, o)
+	bi, err := parseBody(route, p.Body, h.contentType.v, o)
 	if err != nil {
 		return p, err
 	}
@@ -159,6 +166,35 @@ func Parse(req *envoy_service_auth_v3.CheckRequest, opts Options, resolve Resolv
 		p.RunID = p.TraceID
 	}
 	return p, nil
+}
+
+// stateChanging are the route classes whose bodies must be readable: an
+// undecodable or undeclared-compressed body could carry a call or data we
+// cannot see, and the upstream may still read it.
+var stateChanging = map[string]bool{"write": true, "external_send": true, "exec": true}
+
+// bodyText is the body as the upstream reads it: decoded from whatever
+// Unicode encoding it is in (DecodeText). On a state-changing route a body
+// that cannot be decoded, or that is compressed without a Content-Encoding
+// saying so, is refused; elsewhere it stays opaque bytes, scanned as they are.
+// NUL-interleaved text that reads as JSON is refused everywhere: no JSON
+// parser accepts a NUL, so upstreams that strip them and ones that reject
+// them would disagree.
+func bodyText(route Route, body []byte, contentType string) ([]byte, error) {
+	if c := SniffCompression(body); c != "" && stateChanging[route.ToolClass] {
+		return nil, badPlan("the body is %s-compressed without a Content-Encoding saying so", c)
+	}
+	text, enc, err := DecodeText(body, contentType, 0)
+	if err != nil {
+		if stateChanging[route.ToolClass] || len(route.MCPTools) > 0 {
+			return nil, err
+		}
+		return body, nil
+	}
+	if enc.NULs && looksJSON(text) {
+		return nil, badPlan("the body interleaves NUL bytes with JSON text")
+	}
+	return text, nil
 }
 
 // merge combines the body's plan with the x-aisecops-plan header's.

@@ -94,6 +94,7 @@ func TestFromCheckRequestOK(t *testing.T) {
 				p.Source = SourcePlan
 				p.Calls = call("db.read", `{}`)
 				p.Body = []byte(`{"tool":"db.read"}`)
+				p.RawBody = p.Body
 			},
 		},
 		{
@@ -280,7 +281,7 @@ func TestFromCheckRequestOK(t *testing.T) {
 		{
 			name: "dot dot",
 			req:  newCheck().h(":path", "/a/../b?x=/../c"),
-			want: func(p *Plan) { p.Path, p.RawPath = "/b", "/a/../b?x=/../c" },
+			want: func(p *Plan) { p.Path, p.RawPath, p.Query = "/b", "/a/../b?x=/../c", "x=/../c" },
 		},
 		{
 			name: "encoded dot dot",
@@ -292,7 +293,7 @@ func TestFromCheckRequestOK(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			want := basePlan()
 			if len(tc.req.body) > 0 {
-				want.Body = tc.req.body
+				want.Body, want.RawBody = tc.req.body, tc.req.body
 			}
 			tc.want(want)
 			got, err := FromCheckRequest(tc.req.build(), Options{})
@@ -300,7 +301,7 @@ func TestFromCheckRequestOK(t *testing.T) {
 				t.Fatalf("FromCheckRequest: %v", err)
 			}
 			// Headers (what egress inspection sees) has its own test.
-			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Plan{}, "Headers")); diff != "" {
+			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Plan{}, "Headers"), cmpopts.IgnoreUnexported(Plan{})); diff != "" {
 				t.Errorf("plan (-want +got):\n%s", diff)
 			}
 		})
@@ -367,7 +368,7 @@ func TestFromCheckRequestErrors(t *testing.T) {
 		want reason.Code
 	}{
 		{name: "nil request", req: nil, want: reason.BadRequest},
-		{name: "nil attributes", req: &envoy_service_auth_v3.CheckRequest{}, want: reason.RouteUnconfigured},
+		{name: "nil attributes", req: &envoy_service_auth_v3.CheckRequest{}, want: reason.BadRequest},
 		{name: "no http request", req: func() *envoy_service_auth_v3.CheckRequest {
 			r := newCheck().build()
 			r.Attributes.Request = nil
@@ -468,7 +469,7 @@ func TestFromCheckRequestErrors(t *testing.T) {
 		{name: "too deep", req: newCheck().withBody(deep).build(), want: reason.BadPlan},
 		{name: "non-UTF-8 body", req: newCheck().rawBody([]byte("{\"tool\":\"db.read\",\"arguments\":{\"q\":\"\xff\"}}")).build(), want: reason.BadPlan},
 		{name: "lone surrogate", req: newCheck().withBody(`{"tool":"db.read","arguments":{"q":"\ud800"}}`).build(), want: reason.BadPlan},
-		{name: "BOM before JSON in text/plain", req: newCheck().h("content-type", "text/plain").withBody("\xef\xbb\xbf" + mcpCall).build(), want: reason.BadPlan},
+		{name: "BOM before JSON in text/plain", req: newCheck().h("content-type", "text/plain").withBody("\xef\xbb\xbf" + mcpCall).build(), want: reason.ToolMismatch},
 		{name: "arguments array", req: newCheck().withBody(`{"tool":"db.read","arguments":[1]}`).build(), want: reason.BadPlan},
 		{name: "arguments string", req: newCheck().withBody(`{"tool":"db.read","arguments":"x"}`).build(), want: reason.BadPlan},
 		{name: "arguments null", req: newCheck().withBody(`{"tool":"db.read","arguments":null}`).build(), want: reason.BadPlan},
@@ -533,8 +534,10 @@ func TestFromCheckRequestErrors(t *testing.T) {
 			if re.Code != tc.want {
 				t.Errorf("code = %s (%v), want %s", re.Code, err, tc.want)
 			}
-			if got != nil {
-				t.Errorf("plan = %+v, want nil with an error", got)
+			// A plan returned with an error is partial, for the audit record:
+			// it holds no call, so nothing can be decided on it.
+			if got != nil && len(got.Calls) > 0 {
+				t.Errorf("plan = %+v holds a call with an error", got)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/util"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 )
 
 // benchInput is a realistic external-send step: ~1 KB of arguments, two
@@ -35,7 +36,7 @@ func benchInput(b *testing.B) *Input {
 		{SourceType: "user", SourceName: "chat", TrustLevel: "internal"},
 		{SourceType: "tool", SourceName: "db.read", TrustLevel: "internal", SourceHash: "sha256:ab"},
 	}
-	in.Run.Recent = []RunStep{{Tool: "db.read", Class: "read", Trust: "internal"}, {Tool: "docs.search", Class: "read", Trust: "neutral"}}
+	in.Run.Facts = []string{risk.FactStep("read", "internal"), risk.FactStep("read", "neutral")}
 	in.Findings = []Finding{{Detector: "email", Location: "body.arguments.body", Count: 1, Hash: "h", Class: "pii"}}
 	in.Risk = Risk{RStep: 0.4, E: 1.2, T: 2, B: 1, Step: 0.96, TotalBefore: 0.1, Total: 1.06, Escalations: []string{"external_send_after_internal_read"}}
 	return in

@@ -253,7 +253,11 @@ func (c *Bundle) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	if err != nil {
 		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy input invalid")
 	}
-	rs, err := run(ctx, c.query, rego.EvalParsedInput(v))
+	return c.eval(ctx, rego.EvalParsedInput(v))
+}
+
+func (c *Bundle) eval(ctx context.Context, input rego.EvalOption) (Decision, error) {
+	rs, err := run(ctx, c.query, input)
 	if err != nil {
 		return Decision{}, err
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/extauthz/risk"
 )
 
 // baseInput is a known, authenticated agent reading internal data at low risk.
@@ -101,7 +102,7 @@ func TestEvalThreatClasses(t *testing.T) {
 			in.Agent.AllowedTools = []string{"db.read"}
 		}}, decision: Deny, codes: []string{"tool_not_allowed"}, control: "AIS-CAP-01"},
 		{name: "3.2 exec after internal read", mutate: []func(*Input){shellExec, func(in *Input) {
-			in.Run.Recent = []RunStep{{Tool: "db.read", Class: "read", Trust: "internal"}}
+			in.Run.Facts = []string{risk.FactStep("read", "internal")}
 		}}, decision: Deny, codes: []string{"exec_after_sensitive_read"}, control: "AIS-CAP-01"},
 		{name: "3.2 exec in a fresh run", mutate: []func(*Input){shellExec}, decision: Allow, codes: []string{"allowed"}},
 		{name: "3.3 poisoned vector memory to write", mutate: []func(*Input){dbWrite, func(in *Input) {
@@ -176,24 +177,24 @@ func TestEvalApprovalObligation(t *testing.T) {
 // seed's prose says (DESIGN §5).
 func TestSeedWorkedExample(t *testing.T) {
 	e := newEmbedded(t)
-	read := RunStep{Tool: "db.read", Class: "read", Trust: "internal"}
-	send := RunStep{Tool: "send_email", Class: "external_send", Trust: "untrusted", Untrusted: true}
+	read := risk.FactStep("read", "internal")
+	send := risk.FactStep("external_send", "untrusted")
 	steps := []struct {
-		name   string
-		route  func(*Input)
-		risk   Risk
-		recent []RunStep
-		want   string
+		name  string
+		route func(*Input)
+		risk  Risk
+		facts []string
+		want  string
 	}{
 		{"1 db.read", route("db.read", "read", "internal", 0.2), Risk{RStep: 0.2, E: 1, T: 0.5, B: 1, Step: 0.1, Total: 0.1}, nil, Allow},
-		{"2 send_email", sendEmail, Risk{RStep: 0.4, E: 1.2, T: 2, B: 1, Step: 0.96, TotalBefore: 0.1, Total: 1.06}, []RunStep{read}, Allow},
-		{"3 db.write", dbWrite, Risk{RStep: 0.5, E: 1, T: 0.5, B: 1.1, Step: 0.275, TotalBefore: 1.06, Total: 1.335}, []RunStep{read, send}, RequireApproval},
+		{"2 send_email", sendEmail, Risk{RStep: 0.4, E: 1.2, T: 2, B: 1, Step: 0.96, TotalBefore: 0.1, Total: 1.06}, []string{read}, Allow},
+		{"3 db.write", dbWrite, Risk{RStep: 0.5, E: 1, T: 0.5, B: 1.1, Step: 0.275, TotalBefore: 1.06, Total: 1.335}, []string{read, send}, RequireApproval},
 	}
 	for _, s := range steps {
 		in := baseInput()
 		s.route(in)
 		in.Agent.Approval, in.Agent.Halt = 1.2, 2.0
-		in.Risk, in.Run.Recent = s.risk, s.recent
+		in.Risk, in.Run.Facts = s.risk, s.facts
 		d, err := e.Eval(context.Background(), in)
 		if err != nil {
 			t.Fatalf("step %s: %v", s.name, err)
@@ -543,7 +544,7 @@ func TestBundleData(t *testing.T) {
 		{Name: "external_send_after_internal_read", When: []string{"external_send"}, After: []string{"read"}, AfterTrust: []string{"internal"}, E: 1.2},
 		{Name: "exec_after_internal_read", When: []string{"exec"}, After: []string{"read"}, AfterTrust: []string{"internal"}, E: 2.0},
 	}
-	if diff := cmp.Diff(want, e.Escalation()); diff != "" {
+	if diff := cmp.Diff(want, e.Current().Escalation()); diff != "" {
 		t.Errorf("Escalation (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff([]string{"v0.1", "v1.0"}, e.AcceptedPolicyVersions()); diff != "" {
@@ -554,7 +555,7 @@ func TestBundleData(t *testing.T) {
 	}
 	// The rules are shared read-only on the hot path; a reload brings a new
 	// slice rather than changing the one callers hold.
-	held := e.Escalation()
+	held := e.Current().Escalation()
 	if err := e.Reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -35,14 +35,14 @@ func fullInput() *Input {
 	rows, cost := int64(100), 0.25
 	in.Route.MCPTools = []string{"search", "fetch_page"}
 	in.Plan.MCPMethod = "tools/call"
-	in.Plan.ArgumentsHash, in.Plan.PlanHash, in.Plan.TraceID = "ah", "ph", "tr"
+	in.Plan.ArgumentsHash, in.Plan.Binding, in.Plan.TraceID = "ah", "ph", "tr"
 	in.Plan.Arguments = json.RawMessage(`{"n":1.5e300,"deep":{"a":[1,"x",null,true,{"b":-0.0000001}]},"s":"\u00e9"}`)
 	in.Token = Token{Present: true, JTI: "j", Scope: "s", PolicyVersion: "v1.0", RunID: "r", SingleUse: true, MaxRows: &rows, MaxCost: &cost, ExpiresNS: 42}
 	in.Provenance = []plan.Provenance{{SourceType: "web", SourceName: "n", TrustLevel: "untrusted", SourceHash: "sh"}, {SourceType: "memory", SourceName: "m", TrustLevel: "internal"}}
 	in.UntrustedContext = true
 	in.Risk = Risk{RStep: 0.4, E: 1.2, T: 2, B: 1, Step: 0.96, TotalBefore: 0.1, Total: 1.06, Escalations: []string{"x"}}
 	in.Budget = Budget{Consumption: map[string]float64{"max_cost": 0.5, "max_tool_calls": 1e-9, "max_write_operations": 1e22}, Exceeded: "max_cost"}
-	in.Run = Run{ID: "r", ToolCalls: 3, WriteOps: 1, Cost: 0.03, Recent: []RunStep{{Tool: "db.read", Class: "read", Trust: "internal", Untrusted: false}}}
+	in.Run = Run{ID: "r", ToolCalls: 3, WriteOps: 1, Cost: 0.03, Facts: []string{"step:read:internal"}}
 	in.Approval = Approval{ID: "a", Present: true, Valid: true, Status: "approved"}
 	in.Findings = []Finding{{Detector: "d", Location: "l", Count: 2, Hash: "h", Class: "pii"}}
 	in.Request.DryRun, in.Request.Explain = true, true
@@ -58,7 +58,7 @@ func TestInputValueMatchesJSON(t *testing.T) {
 		"omitempty fields empty": func() *Input {
 			in := baseInput()
 			in.Provenance, in.Findings = []plan.Provenance{}, []Finding{}
-			in.Run.Recent = []RunStep{}
+			in.Run.Facts = []string{}
 			return in
 		}(),
 	}
@@ -87,7 +87,7 @@ func TestInputValueNilCollections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, path := range []string{"provenance", "findings", "run.recent", "agent.allowed_tools", "budget.consumption", "plan.arguments"} {
+	for _, path := range []string{"provenance", "findings", "run.facts", "agent.allowed_tools", "budget.consumption", "plan.arguments"} {
 		ref := ast.MustParseRef("x." + path)[1:]
 		var cur ast.Value = v
 		for _, k := range ref {

@@ -2,6 +2,7 @@ package risk
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/aisecops/aisecops-envoy/riskstore"
@@ -30,7 +31,7 @@ func TestWorkedExample(t *testing.T) {
 	var st riskstore.State
 	for i, s := range steps {
 		got := Compute(Step{BaseRisk: s.base, Class: s.class, Trust: s.trust,
-			Consumption: Consumption(st, limits, s.write, 0, 0)}, st.Recent, seedRules)
+			Consumption: Consumption(st, limits, s.write, 0, 0)}, st.HasFact, seedRules)
 		for name, pair := range map[string][2]float64{"r": {got.RStep, s.want.RStep}, "e": {got.E, s.want.E}, "t": {got.T, s.want.T}, "b": {got.B, s.want.B}, "step": {got.Step, s.want.Step}} {
 			if math.Abs(pair[0]-pair[1]) > 1e-9 {
 				t.Errorf("step %d %s: got %v, want %v", i+1, name, pair[0], pair[1])
@@ -41,7 +42,7 @@ func TestWorkedExample(t *testing.T) {
 			st.WriteOps++
 		}
 		st.RiskTotal += got.Step
-		st.Recent = append(st.Recent, riskstore.StepSummary{Tool: s.tool, Class: s.class, Trust: s.trust, Risk: got.Step})
+		st.Facts = slices.Sorted(slices.Values(append(slices.Clone(st.Facts), StepFacts(s.class, s.trust, false, nil)...)))
 	}
 	if math.Abs(st.RiskTotal-1.335) > 1e-9 {
 		t.Errorf("R_total = %v, want 1.335", st.RiskTotal)
@@ -50,9 +51,9 @@ func TestWorkedExample(t *testing.T) {
 
 func TestFactors(t *testing.T) {
 	tests := map[string]struct {
-		step   Step
-		recent []riskstore.StepSummary
-		want   Factors
+		step  Step
+		facts []string
+		want  Factors
 	}{
 		"untrusted provenance raises T on an internal route": {
 			step: Step{BaseRisk: 0.5, Class: "write", Trust: "internal", Labels: []string{"unverified"}},
@@ -63,14 +64,14 @@ func TestFactors(t *testing.T) {
 			want: Factors{RStep: 0.4, E: 1, T: 2, B: 1, Step: 0.8},
 		},
 		"exec after internal read escalates to 2": {
-			step:   Step{BaseRisk: 0.9, Class: "exec", Trust: "neutral"},
-			recent: []riskstore.StepSummary{{Class: "read", Trust: "internal"}},
-			want:   Factors{RStep: 0.9, E: 2, T: 1, B: 1, Step: 1.8, Escalations: []string{"exec_after_internal_read"}},
+			step:  Step{BaseRisk: 0.9, Class: "exec", Trust: "neutral"},
+			facts: []string{FactStep("read", "internal")},
+			want:  Factors{RStep: 0.9, E: 2, T: 1, B: 1, Step: 1.8, Escalations: []string{"exec_after_internal_read"}},
 		},
 		"read of neutral data does not escalate a send": {
-			step:   Step{BaseRisk: 0.4, Class: "external_send", Trust: "untrusted"},
-			recent: []riskstore.StepSummary{{Class: "read", Trust: "neutral"}},
-			want:   Factors{RStep: 0.4, E: 1, T: 2, B: 1, Step: 0.8},
+			step:  Step{BaseRisk: 0.4, Class: "external_send", Trust: "untrusted"},
+			facts: []string{FactStep("read", "neutral")},
+			want:  Factors{RStep: 0.4, E: 1, T: 2, B: 1, Step: 0.8},
 		},
 		"B is clipped at 2": {
 			step: Step{BaseRisk: 1, Class: "read", Trust: "neutral", Consumption: map[string]float64{"max_tool_calls": 3.5}},
@@ -83,7 +84,7 @@ func TestFactors(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got := Compute(tc.step, tc.recent, seedRules)
+			got := Compute(tc.step, func(f string) bool { return slices.Contains(tc.facts, f) }, seedRules)
 			if math.Abs(got.Step-tc.want.Step) > 1e-9 || got.E != tc.want.E || got.T != tc.want.T || got.B != tc.want.B || len(got.Escalations) != len(tc.want.Escalations) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}

@@ -147,7 +147,7 @@ func TestPythonAgent(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		args := append([]string{script, "--token-service", tokenSrv.URL, "--egress", envoy.URL, "--run-id", "run-42"}, extra...)
+		args := append([]string{script, "--token-service", tokenSrv.URL, "--egress", envoy.URL, "--run-id", "run-42-" + agent}, extra...) // runs belong to their agent
 		cmd := exec.CommandContext(ctx, python, args...)
 		wl := f.workload(t, sa(agent), time.Now(), time.Hour)
 		cmd.Env = append(os.Environ(), "AISECOPS_WORKLOAD_TOKEN="+wl)
@@ -184,7 +184,7 @@ func TestPythonAgent(t *testing.T) {
 			t.Fatalf("upstream saw %d requests", len(seen))
 		}
 		got := seen[0]
-		if got.Path != "/query" || got.RunID != "run-42" || !strings.HasPrefix(got.Auth, "Bearer ") {
+		if got.Path != "/query" || got.RunID != "run-42-reader" || !strings.HasPrefix(got.Auth, "Bearer ") {
 			t.Errorf("upstream request %+v", got)
 		}
 		want := map[string]any{"tool": "db.read", "arguments": map[string]any{"table": "customers", "limit": float64(10)}}

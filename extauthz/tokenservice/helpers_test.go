@@ -20,6 +20,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
@@ -142,7 +143,8 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	f.cfg = Config{
 		Signer: f.signer, Issuer: testIssuer, Audience: testAudience, MaxTTL: 10 * time.Minute,
 		Workload:    wv,
-		AgentLookup: dir.agent, ToolLookup: dir.tool,
+		AgentLookup: dir.agent, ToolLookup: dir.tool, AgentNamespace: "agents",
+		Runs:   riskstore.NewMemory(func() time.Time { return t0 }),
 		Policy: e, Audit: f.log, PolicyVersion: e.Version,
 		Clock: func() time.Time { return t0 },
 	}

@@ -104,7 +104,7 @@ func (s *Service) agentFor(id identity) (string, error) {
 		return a.ID, nil
 	}
 	agent := id.agentID
-	if cred.ServiceAccount != "" {
+	if cred.ServiceAccount != "" || strings.HasPrefix(cred.Subject, k8sSubjectPrefix) {
 		agent = ""
 		if s.cfg.AgentNamespace != "" && cred.Namespace == s.cfg.AgentNamespace {
 			agent = cred.ServiceAccount

@@ -16,6 +16,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
+	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
 // TestIssue drives POST /v1/tokens end to end: real keys, the real workload
@@ -283,7 +284,7 @@ func TestTokenOnlyOnCheckPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, func(c *Config) { c.Signer, c.Workload = dev, wv })
+	f := newFixture(t, func(c *Config) { c.Signer, c.Workload, c.AgentNamespace = dev, wv, DevWorkloadNamespace })
 	wl, err := MintDevWorkload(dev, "reader", 0, t0)
 	if err != nil {
 		t.Fatal(err)
@@ -352,8 +353,11 @@ func TestKubernetesServiceAccountClaim(t *testing.T) {
 	}
 }
 
-// TestNamespaceRestriction: with data.aisecops.token_workload_namespaces set, a
-// service account of another namespace is refused even if its name is an agent's.
+// TestNamespaceRestriction: a Kubernetes service account is the pair
+// (namespace, name). One of another namespace named like an agent is not that
+// agent (the attack was system:serviceaccount:tenant-b:demo-agent getting
+// demo-agent's tokens); one an agent lists among its workloads is, and the
+// policy's data.aisecops.token_workload_namespaces is a second line.
 func TestNamespaceRestriction(t *testing.T) {
 	dir := t.TempDir()
 	copyBundle(t, dir, map[string]string{"token_workload_namespaces": `["agents"]`})
@@ -361,16 +365,26 @@ func TestNamespaceRestriction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, func(c *Config) { c.Policy = e })
+	listed := map[string]string{"system:serviceaccount:sandbox:sandboxed": "reader"}
+	f := newFixture(t, func(c *Config) {
+		c.Policy = e
+		c.WorkloadLookup = func(sub string) (config.Agent, bool) { return c.AgentLookup(listed[sub]) }
+	})
 	if w := f.do(t, f.workload(t, "system:serviceaccount:agents:reader", t0, time.Hour), `{"tool":"db.read"}`); w.Code != http.StatusCreated {
-		t.Errorf("listed namespace: status %d", w.Code)
+		t.Errorf("agent namespace: status %d", w.Code)
 	}
-	w := f.do(t, f.workload(t, "system:serviceaccount:sandbox:reader", t0, time.Hour), `{"tool":"db.read"}`)
-	if w.Code != http.StatusForbidden {
-		t.Fatalf("other namespace: status %d", w.Code)
-	}
-	if diff := cmp.Diff([]string{"workload_namespace"}, codes(decodeRefused(t, w).Reasons)); diff != "" {
-		t.Error(diff)
+	for sub, code := range map[string]string{
+		"system:serviceaccount:tenant-b:reader":    "agent_unknown",      // named like an agent, in another namespace
+		"system:serviceaccount:sandbox:sandboxed":  "workload_namespace", // listed by the agent, refused by the policy
+		"system:serviceaccount:agents:reader:evil": "agent_unknown",      // not a service account subject at all
+	} {
+		w := f.do(t, f.workload(t, sub, t0, time.Hour), `{"tool":"db.read"}`)
+		if w.Code != http.StatusForbidden {
+			t.Fatalf("%s: status %d", sub, w.Code)
+		}
+		if diff := cmp.Diff([]string{code}, codes(decodeRefused(t, w).Reasons)); diff != "" {
+			t.Errorf("%s: %s", sub, diff)
+		}
 	}
 }
 
