@@ -2,95 +2,126 @@ package riskstore
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// The step window is stored as compact strings, not JSON: a Commit returns the
-// whole window and decoding 16 JSON objects would cost more CPU than the round
-// trip. Layout (strings are length-prefixed, so any byte is safe):
-//
-//	1|<unix sec>|<nsec>|<risk>|<untrusted 0/1>|<len>:<tool><len>:<class><len>:<trust>
-//
-// A zero At is stored with empty sec and nsec.
-
-var errBadStep = errors.New("riskstore: malformed step record")
-
-func encodeStep(s StepSummary) string {
-	b := make([]byte, 0, 48+len(s.Tool)+len(s.Class)+len(s.Trust))
-	b = append(b, "1|"...)
-	if !s.At.IsZero() {
-		b = strconv.AppendInt(b, s.At.Unix(), 10)
-		b = append(b, '|')
-		b = strconv.AppendInt(b, int64(s.At.Nanosecond()), 10)
-	} else {
-		b = append(b, '|')
-	}
-	b = append(b, '|')
-	b = strconv.AppendFloat(b, s.Risk, 'g', -1, 64)
-	if s.Untrusted {
-		b = append(b, "|1|"...)
-	} else {
-		b = append(b, "|0|"...)
-	}
-	for _, f := range [...]string{s.Tool, s.Class, s.Trust} {
-		b = strconv.AppendInt(b, int64(len(f)), 10)
-		b = append(b, ':')
-		b = append(b, f...)
-	}
-	return string(b)
+// runReply is a run script's answer, decoded (see runReplyLib for the layout).
+type runReply struct {
+	outcome Outcome // 0 for a Load or a prediction
+	// predicted is set when a Cluster commit script changed nothing because it
+	// needs the run id's owner checked first: the outcome it would have had.
+	predicted Outcome
+	limit     string
+	state     State
+	prior     *Prior
 }
 
-func decodeStep(rec string) (StepSummary, error) {
-	var s StepSummary
-	rest, ok := strings.CutPrefix(rec, "1|")
-	if !ok {
-		return s, errBadStep
+// result is the CommitResult of a reply that is not a prediction.
+func (rr runReply) result() (CommitResult, error) {
+	if rr.outcome == 0 || rr.predicted != 0 {
+		return CommitResult{}, errors.New("riskstore: commit: the script did not decide")
 	}
-	var head [4]string
-	for i := range head {
-		var found bool
-		head[i], rest, found = strings.Cut(rest, "|")
-		if !found {
-			return s, errBadStep
+	out := CommitResult{Outcome: rr.outcome, Limit: rr.limit, State: rr.state}
+	if rr.outcome == Duplicate {
+		out.Prior = rr.prior
+	}
+	return out, nil
+}
+
+const runReplyLen = 13
+
+// outcomeNames maps the scripts' outcomes; a leading '?' marks a prediction.
+var outcomeNames = map[string]Outcome{"ok": Committed, "dup": Duplicate, "refused": Refused, "stale": Stale}
+
+// limitNames maps the script's limit codes to Budget names, in Exceeds order.
+var limitNames = [...]string{"", BudgetToolCalls, BudgetWriteOps, BudgetCost, BudgetExecutionTime, BudgetRisk,
+	BudgetAgentToolCalls, BudgetAgentCost, RunOwned}
+
+var errBadReply = errors.New("riskstore: malformed script reply")
+
+func decodeReply(ref RunRef, res []any) (runReply, error) {
+	if len(res) != runReplyLen {
+		return runReply{}, fmt.Errorf("%w: %d elements", errBadReply, len(res))
+	}
+	str := func(i int) string { s, _ := res[i].(string); return s }
+	var out runReply
+	switch o := str(0); {
+	case o == "":
+	case strings.HasPrefix(o, "?"):
+		if out.predicted = outcomeNames[o[1:]]; out.predicted == 0 {
+			return runReply{}, fmt.Errorf("%w: outcome %q", errBadReply, o)
 		}
-	}
-	if head[0] != "" || head[1] != "" {
-		sec, err1 := strconv.ParseInt(head[0], 10, 64)
-		nsec, err2 := strconv.ParseInt(head[1], 10, 64)
-		if err1 != nil || err2 != nil || nsec < 0 || nsec >= 1e9 {
-			return s, errBadStep
-		}
-		s.At = time.Unix(sec, nsec).UTC()
-	}
-	risk, err := strconv.ParseFloat(head[2], 64)
-	if err != nil {
-		return s, errBadStep
-	}
-	s.Risk = risk
-	switch head[3] {
-	case "0":
-	case "1":
-		s.Untrusted = true
 	default:
-		return s, errBadStep
-	}
-	for _, dst := range [...]*string{&s.Tool, &s.Class, &s.Trust} {
-		n, tail, found := strings.Cut(rest, ":")
-		if !found {
-			return s, errBadStep
+		if out.outcome = outcomeNames[o]; out.outcome == 0 {
+			return runReply{}, fmt.Errorf("%w: outcome %q", errBadReply, o)
 		}
-		l, err := strconv.Atoi(n)
-		if err != nil || l < 0 || l > len(tail) {
-			return s, errBadStep
+	}
+	code, err := strconv.Atoi(str(1))
+	if err != nil || code < 0 || code >= len(limitNames) {
+		return runReply{}, fmt.Errorf("%w: limit code %q", errBadReply, str(1))
+	}
+	out.limit = limitNames[code]
+	st := &out.state
+	st.Run = ref
+	ints := [...]*int64{&st.ToolCalls, &st.WriteOps, &st.CostMicros}
+	for i, p := range ints {
+		if *p, err = strconv.ParseInt(str(2+i), 10, 64); err != nil {
+			return runReply{}, fmt.Errorf("%w: counter %q", errBadReply, str(2+i))
 		}
-		*dst, rest = tail[:l], tail[l:]
 	}
-	if rest != "" {
-		return s, errBadStep
+	// Every commit, and nothing else, adds one to the tool calls: they are the
+	// version (see commitScript).
+	st.Version = st.ToolCalls
+	if st.RiskTotal, err = strconv.ParseFloat(str(5), 64); err != nil {
+		return runReply{}, fmt.Errorf("%w: risk total %q", errBadReply, str(5))
 	}
-	return s, nil
+	if st.StartedAt, err = decodeMicros(str(6)); err != nil {
+		return runReply{}, err
+	}
+	if facts, _ := res[7].([]any); len(facts) > 0 {
+		st.Facts = make([]string, len(facts))
+		for i, f := range facts {
+			var ok bool
+			if st.Facts[i], ok = f.(string); !ok || (i > 0 && st.Facts[i] <= st.Facts[i-1]) {
+				return runReply{}, fmt.Errorf("%w: facts", errBadReply)
+			}
+		}
+	}
+	if s := str(8); s != "" {
+		p, err := decodePrior(s)
+		if err != nil {
+			return runReply{}, err
+		}
+		out.prior = &p
+	}
+	if st.Now, err = decodeMicros(str(9)); err != nil || st.Now.IsZero() {
+		return runReply{}, fmt.Errorf("%w: time %q", errBadReply, str(9))
+	}
+	if st.Agent.ToolCalls, err = strconv.ParseInt(str(10), 10, 64); err != nil {
+		return runReply{}, fmt.Errorf("%w: agent calls %q", errBadReply, str(10))
+	}
+	if st.Agent.CostMicros, err = strconv.ParseInt(str(11), 10, 64); err != nil {
+		return runReply{}, fmt.Errorf("%w: agent cost %q", errBadReply, str(11))
+	}
+	if st.Agent.WindowStart, err = decodeMicros(str(12)); err != nil {
+		return runReply{}, err
+	}
+	return out, nil
+}
+
+// decodeMicros reads microseconds since the Unix epoch; "" is the zero time.
+func decodeMicros(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	us, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || us <= 0 {
+		return time.Time{}, fmt.Errorf("%w: time %q", errBadReply, s)
+	}
+	return time.UnixMicro(us).UTC(), nil
 }
 
 // A prior is stored as "<risk total>|<step risk>|<decision id>"; the script
