@@ -4,6 +4,7 @@ package riskstore
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,19 +24,30 @@ import (
 // Commit (cpu-ns/op, from getrusage: what the authz process pays), Redis CPU
 // per Commit (redis-cpu-ns/op, from INFO cpu) and round trips per Commit.
 
+// benchFacts are what a Check adds to its run: the tool's class and trust,
+// and once in a while a finding.
+var benchFacts = [][]string{{"class:read", "trust:internal"}, {"class:read", "trust:internal", "finding:pii"}}
+
 func benchStep(i int) Step {
 	return Step{
 		RequestID:     "req-" + strconv.Itoa(i),
 		DecisionID:    "dec-" + strconv.Itoa(i),
-		Summary:       StepSummary{Tool: "read_crm", Class: "read", Trust: "internal", Risk: 0.001, At: t0},
+		Risk:          0.001,
+		CostMicros:    10,
+		Facts:         benchFacts[i&1],
 		ExpectVersion: AnyVersion,
 	}
 }
 
-var benchLimits = Limits{MaxToolCalls: 1 << 40, MaxWriteOperations: 1 << 40, MaxExecutionTime: time.Hour, MaxCostMicros: 1 << 50, MaxRisk: 1e9}
+// benchLimits set every limit, the agent's window included, so every check runs.
+var benchLimits = Limits{MaxToolCalls: 1 << 40, MaxWriteOperations: 1 << 40, MaxExecutionTime: 24 * time.Hour, MaxCostMicros: 1 << 50, MaxRisk: 1e9,
+	AgentWindow: time.Hour, AgentMaxToolCalls: 1 << 40, AgentMaxCostMicros: 1 << 50}
 
-// benchCommit measures Commits at step 1 of fresh runs ("step1") and on a run
-// already 1,000 steps long ("step1000"); the bounded window keeps them equal.
+func benchRun(name string) RunRef { return RunRef{Agent: "bench-agent", ID: name} }
+
+// benchCommit measures Commits at step 1 of fresh runs ("step1", a run's
+// first Commit: it claims the run id) and on a run already 1,000 steps long
+// ("step1000"); sticky facts instead of a history keep them equal.
 // "versioned" is step1000 as a replica caching the run commits it: each step
 // expects the version the previous Commit returned.
 func benchCommit(b *testing.B, s Store, begin func(b *testing.B), after func(b *testing.B)) {
@@ -46,7 +58,7 @@ func benchCommit(b *testing.B, s Store, begin func(b *testing.B), after func(b *
 		cpu := cpuNow()
 		b.ResetTimer()
 		for i := range b.N {
-			if _, err := s.Commit(ctx, "b1-"+strconv.Itoa(i), benchStep(i), benchLimits, t0, time.Hour); err != nil {
+			if _, err := s.Commit(ctx, benchRun("b1-"+strconv.Itoa(b.N)+"-"+strconv.Itoa(i)), benchStep(i), benchLimits, time.Hour); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -55,9 +67,9 @@ func benchCommit(b *testing.B, s Store, begin func(b *testing.B), after func(b *
 		after(b)
 	})
 	b.Run("step1000", func(b *testing.B) {
-		run := "long-" + strconv.Itoa(b.N)
+		run := benchRun("long-" + strconv.Itoa(b.N))
 		for i := range 1000 {
-			if _, err := s.Commit(ctx, run, benchStep(-i-1), benchLimits, t0, time.Hour); err != nil {
+			if _, err := s.Commit(ctx, run, benchStep(-i-1), benchLimits, time.Hour); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -66,7 +78,7 @@ func benchCommit(b *testing.B, s Store, begin func(b *testing.B), after func(b *
 		cpu := cpuNow()
 		b.ResetTimer()
 		for i := range b.N {
-			if _, err := s.Commit(ctx, run, benchStep(i), benchLimits, t0, time.Hour); err != nil {
+			if _, err := s.Commit(ctx, run, benchStep(i), benchLimits, time.Hour); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -75,10 +87,10 @@ func benchCommit(b *testing.B, s Store, begin func(b *testing.B), after func(b *
 		after(b)
 	})
 	b.Run("versioned", func(b *testing.B) {
-		run := "versioned-" + strconv.Itoa(b.N)
+		run := benchRun("versioned-" + strconv.Itoa(b.N))
 		var st State
 		for i := range 1000 {
-			res, err := s.Commit(ctx, run, benchStep(-i-1), benchLimits, t0, time.Hour)
+			res, err := s.Commit(ctx, run, benchStep(-i-1), benchLimits, time.Hour)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -91,7 +103,7 @@ func benchCommit(b *testing.B, s Store, begin func(b *testing.B), after func(b *
 		for i := range b.N {
 			step := benchStep(i)
 			step.ExpectVersion = st.Version
-			res, err := s.Commit(ctx, run, step, benchLimits, t0, time.Hour)
+			res, err := s.Commit(ctx, run, step, benchLimits, time.Hour)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -110,13 +122,15 @@ func BenchmarkCommitMemory(b *testing.B) {
 	benchCommit(b, NewMemory(nil), func(*testing.B) {}, func(*testing.B) {})
 }
 
+// BenchmarkCommitRedis reports roundtrips/op: 1 on a single node, first
+// commits included.
 func BenchmarkCommitRedis(b *testing.B) {
 	srv := redistest.StartServer(b)
 	r := newRedisStore(b, RedisOptions{URL: "redis://" + srv.Addr()})
 	admin := srv.Client(b)
 	counter := &cmdCounter{}
-	r.client.AddHook(counter)
-	if _, err := r.Commit(context.Background(), "warm", benchStep(0), benchLimits, t0, time.Hour); err != nil {
+	r.AddHook(counter)
+	if _, err := r.Commit(context.Background(), benchRun("warm"), benchStep(0), benchLimits, time.Hour); err != nil {
 		b.Fatal(err)
 	}
 	var redisCPU float64
@@ -132,21 +146,22 @@ func BenchmarkLoadRedis(b *testing.B) {
 	r := newRedisStore(b, RedisOptions{URL: "redis://" + srv.Addr()})
 	ctx := context.Background()
 	for i := range 100 {
-		if _, err := r.Commit(ctx, "load", benchStep(i), benchLimits, t0, time.Hour); err != nil {
+		if _, err := r.Commit(ctx, benchRun("load"), benchStep(i), benchLimits, time.Hour); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		if _, err := r.Load(ctx, "load", "req-"+strconv.Itoa(i%100)); err != nil {
+		if _, err := r.Load(ctx, benchRun("load"), "req-"+strconv.Itoa(i%100)); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
 // BenchmarkRedisMemoryPerRun reports Redis memory per live run: 10,000 runs of
-// 3 steps each, used_memory before and after. Run with -benchtime 1x.
+// 3 steps each (their owner keys included; 100 agents, so the agents' usage is
+// shared), used_memory before and after. Run with -benchtime 1x.
 func BenchmarkRedisMemoryPerRun(b *testing.B) {
 	srv := redistest.StartServer(b)
 	r := newRedisStore(b, RedisOptions{URL: "redis://" + srv.Addr()})
@@ -157,9 +172,9 @@ func BenchmarkRedisMemoryPerRun(b *testing.B) {
 	for n := range b.N {
 		before := usedMemory(b, admin)
 		for i := range runs {
-			run := "mem-" + strconv.Itoa(n) + "-" + strconv.Itoa(i)
+			run := RunRef{Agent: "agent-" + strconv.Itoa(i%100), ID: "mem-" + strconv.Itoa(n) + "-" + strconv.Itoa(i)}
 			for j := range steps {
-				if _, err := r.Commit(ctx, run, benchStep(j), benchLimits, t0, time.Hour); err != nil {
+				if _, err := r.Commit(ctx, run, benchStep(j), benchLimits, time.Hour); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -203,4 +218,34 @@ func usedMemory(b *testing.B, c *redis.Client) int64 {
 		b.Fatal(err)
 	}
 	return v
+}
+
+// BenchmarkMemoryPerRun reports the in-process store's heap per live run, on
+// the same workload as BenchmarkRedisMemoryPerRun. Run with -benchtime 1x.
+func BenchmarkMemoryPerRun(b *testing.B) {
+	ctx := context.Background()
+	const runs, steps = 10_000, 3
+	var perRun float64
+	for range b.N {
+		m := NewMemory(nil)
+		before := heapInUse()
+		for i := range runs {
+			run := RunRef{Agent: "agent-" + strconv.Itoa(i%100), ID: "mem-" + strconv.Itoa(i)}
+			for j := range steps {
+				if _, err := m.Commit(ctx, run, benchStep(j), benchLimits, time.Hour); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		perRun += float64(heapInUse()-before) / runs
+		runtime.KeepAlive(m)
+	}
+	b.ReportMetric(perRun/float64(b.N), "bytes/run")
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
 }

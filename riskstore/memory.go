@@ -31,7 +31,7 @@ type Memory struct {
 	runs      map[RunRef]*memRun
 	expiry    runHeap // every run in runs, soonest expiry first
 	owners    map[string]memOwner
-	agents    map[string]AgentUsage
+	agents    map[string]memAgent
 	approvals map[string]memApproval
 	nonces    map[string]time.Time
 	// nonceSweepAt is the nonce count that triggers the next sweep; it doubles
@@ -52,6 +52,14 @@ type memRun struct {
 type memOwner struct {
 	agent   string
 	expires time.Time
+}
+
+// memAgent is an agent's window usage. It remembers the window length it was
+// counted in, so that a Load (which has no Limits) reports the current window.
+type memAgent struct {
+	use     AgentUsage
+	window  time.Duration
+	expires time.Time // the window's end or the counting commit's ttl, whichever is later
 }
 
 // runHeap orders runs by expiry so the sweep finds the dead ones without
@@ -98,7 +106,7 @@ func NewMemory(now func() time.Time) *Memory {
 	return &Memory{
 		runs:         make(map[RunRef]*memRun),
 		owners:       make(map[string]memOwner),
-		agents:       make(map[string]AgentUsage),
+		agents:       make(map[string]memAgent),
 		approvals:    make(map[string]memApproval),
 		nonces:       make(map[string]time.Time),
 		nonceSweepAt: minNonceSweep,
@@ -117,6 +125,9 @@ func (m *Memory) run(ref RunRef, now time.Time) *memRun {
 		delete(m.runs, dead.state.Run)
 		if o, ok := m.owners[dead.state.Run.ID]; ok && now.After(o.expires) {
 			delete(m.owners, dead.state.Run.ID)
+		}
+		if a, ok := m.agents[dead.state.Run.Agent]; ok && now.After(a.expires) {
+			delete(m.agents, dead.state.Run.Agent)
 		}
 	}
 	r, ok := m.runs[ref]
@@ -142,6 +153,16 @@ func (m *Memory) owner(id string, now time.Time) string {
 	return o.agent
 }
 
+// agent returns the agent's live usage record.
+func (m *Memory) agent(id string, now time.Time) (memAgent, bool) {
+	a, ok := m.agents[id]
+	if ok && now.After(a.expires) {
+		delete(m.agents, id)
+		return memAgent{}, false
+	}
+	return a, ok
+}
+
 // touch extends r's lifetime and its owner's to now+ttl, never shortening them.
 func (m *Memory) touch(r *memRun, now time.Time, ttl time.Duration) {
 	exp := now.Add(ttl)
@@ -154,14 +175,19 @@ func (m *Memory) touch(r *memRun, now time.Time, ttl time.Duration) {
 	}
 }
 
-// state returns a copy of the run's state as read at now.
+// state returns a copy of the run's state as read at now. The agent's usage is
+// that of the current window of the length it was last counted in, whatever
+// the caller's Limits, so that Load and every Commit outcome report the same.
 func (m *Memory) state(ref RunRef, r *memRun, now time.Time) State {
 	st := State{Run: ref}
 	if r != nil {
 		st = r.state
 		st.Facts = slices.Clone(st.Facts)
 	}
-	st.Agent = m.agents[ref.Agent]
+	st.Agent = AgentUsage{}
+	if a, ok := m.agent(ref.Agent, now); ok {
+		st.Agent = a.use.Current(a.window, now)
+	}
 	st.Now = now
 	st.Prior = nil
 	return st
@@ -193,7 +219,7 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 		return CommitResult{}, fmt.Errorf("riskstore: commit: invalid run reference")
 	}
 	if err := checkNumbers(step, limits); err != nil {
-		return CommitResult{}, fmt.Errorf("riskstore: commit run %s: %w", ref.ID, err)
+		return CommitResult{}, fmt.Errorf("riskstore: commit run %q: %w", ref.ID, err)
 	}
 	if ttl <= 0 {
 		ttl = DefaultTTL
@@ -203,7 +229,11 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 	now := m.now()
 	r := m.run(ref, now)
 	cur := m.state(ref, r, now)
-	cur.Agent = cur.Agent.Current(limits.AgentWindow, now)
+	// The limits are checked against the agent's usage in the window of these
+	// Limits; cur (what is returned) reports it as a Load would.
+	rec, _ := m.agent(ref.Agent, now)
+	check := cur
+	check.Agent = rec.use.Current(limits.AgentWindow, now)
 	if o := m.owner(ref.ID, now); o != "" && o != ref.Agent {
 		return CommitResult{Outcome: Refused, Limit: RunOwned, State: cur}, nil
 	}
@@ -215,7 +245,7 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 	if step.ExpectVersion != AnyVersion && step.ExpectVersion != cur.Version {
 		return CommitResult{Outcome: Stale, State: cur}, nil
 	}
-	if limit := Exceeds(cur, step, limits, now); limit != "" {
+	if limit := Exceeds(check, step, limits, now); limit != "" {
 		if r != nil {
 			m.touch(r, now, ttl) // a refused run stays refused: it does not expire and come back
 		}
@@ -243,10 +273,11 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 	s.Facts = mergeFacts(s.Facts, step.Facts)
 	r.ttl = ttl
 	if limits.AgentWindow > 0 {
-		u := cur.Agent
+		u := check.Agent
 		u.ToolCalls++
 		u.CostMicros += step.CostMicros
-		m.agents[ref.Agent] = u
+		exp := maxTime(rec.expires, maxTime(now.Add(ttl), u.WindowStart.Add(limits.AgentWindow)))
+		m.agents[ref.Agent] = memAgent{use: u, window: limits.AgentWindow, expires: exp}
 	}
 	if step.RequestID != "" {
 		r.requests[step.RequestID] = Prior{DecisionID: step.DecisionID, StepRisk: step.Risk, RiskTotal: s.RiskTotal}
@@ -303,8 +334,10 @@ func checkNumbers(step Step, l Limits) error {
 	if step.ExpectVersion < AnyVersion || step.ExpectVersion > maxExactInt {
 		return fmt.Errorf("expected version %d out of range", step.ExpectVersion)
 	}
-	if l.AgentWindow < 0 || (l.AgentWindow > 0 && l.AgentWindow < time.Millisecond) {
-		return errors.New("agent window must be at least 1ms")
+	// Whole milliseconds: the Redis store computes windows on Redis's clock in
+	// Lua numbers, exactly only for windows of whole milliseconds.
+	if l.AgentWindow < 0 || l.AgentWindow%time.Millisecond != 0 {
+		return errors.New("agent window must be a whole number of milliseconds")
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package riskstore
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -16,10 +17,10 @@ func checkHeap(t *testing.T, m *Memory) {
 	}
 	for i, r := range m.expiry {
 		if r.idx != i {
-			t.Fatalf("run %s at heap position %d records %d", r.state.RunID, i, r.idx)
+			t.Fatalf("run %+v at heap position %d records %d", r.state.Run, i, r.idx)
 		}
-		if m.runs[r.state.RunID] != r {
-			t.Fatalf("run %s in the heap is not the map's", r.state.RunID)
+		if m.runs[r.state.Run] != r {
+			t.Fatalf("run %+v in the heap is not the map's", r.state.Run)
 		}
 		if i > 0 && r.expires.Before(m.expiry[(i-1)/2].expires) {
 			t.Fatalf("heap order broken at %d", i)
@@ -28,18 +29,21 @@ func checkHeap(t *testing.T, m *Memory) {
 }
 
 // TestMemorySweepsExpiredRuns: runs nobody touches again are removed by later
-// calls on other runs, sweepBatch per call, and live runs are kept.
+// calls on other runs, sweepBatch per call, with their owners and agents'
+// usage, and live runs are kept.
 func TestMemorySweepsExpiredRuns(t *testing.T) {
 	clk := &fakeClock{t: t0}
 	m := NewMemory(clk.Now)
 	ctx := context.Background()
 	seq := 0
-	commit := func(run string, ttl time.Duration) {
+	commit := func(id string, ttl time.Duration) {
 		t.Helper()
 		seq++
-		res, err := m.Commit(ctx, run, Step{RequestID: strconv.Itoa(seq), ExpectVersion: AnyVersion}, Limits{}, t0, ttl)
+		ref := RunRef{Agent: "agent-" + id, ID: id}
+		lim := Limits{AgentWindow: time.Second, AgentMaxToolCalls: 100}
+		res, err := m.Commit(ctx, ref, st(strconv.Itoa(seq), 0), lim, ttl)
 		if err != nil || res.Outcome != Committed {
-			t.Fatalf("commit %s: %v %v", run, res.Outcome, err)
+			t.Fatalf("commit %s: %v %v", id, res.Outcome, err)
 		}
 	}
 	const dead, live = 1000, 10
@@ -62,7 +66,7 @@ func TestMemorySweepsExpiredRuns(t *testing.T) {
 	for i := range calls {
 		if i%2 == 0 {
 			commit("new-"+strconv.Itoa(i), time.Hour)
-		} else if _, err := m.Load(ctx, "nobody", ""); err != nil {
+		} else if _, err := m.Load(ctx, RunRef{Agent: "nobody", ID: "nothing"}, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -72,17 +76,20 @@ func TestMemorySweepsExpiredRuns(t *testing.T) {
 	if len(m.runs) != want {
 		t.Errorf("%d runs after %d calls, want %d (%d expired left)", len(m.runs), calls, want, left)
 	}
-	if _, err := m.Load(ctx, "nobody", ""); err != nil {
+	if _, err := m.Load(ctx, RunRef{Agent: "nobody", ID: "nothing"}, ""); err != nil {
 		t.Fatal(err)
 	}
-	for id := range m.runs {
-		if id[:4] == "dead" && id != "dead-7" {
-			t.Errorf("expired run %s still held", id)
+	for ref := range m.runs {
+		if strings.HasPrefix(ref.ID, "dead") && ref.ID != "dead-7" {
+			t.Errorf("expired run %+v still held", ref)
 		}
 	}
+	if len(m.owners) != len(m.runs) || len(m.agents) != len(m.runs) {
+		t.Errorf("%d owners and %d agents' usage held for %d live runs", len(m.owners), len(m.agents), len(m.runs))
+	}
 	for id, version := range map[string]int64{"dead-7": 2, "live-0": 1, "live-9": 1} {
-		if st, _ := m.Load(ctx, id, ""); st.Version != version {
-			t.Errorf("live run %s: %+v, want version %d", id, st, version)
+		if got, _ := m.Load(ctx, RunRef{Agent: "agent-" + id, ID: id}, ""); got.Version != version {
+			t.Errorf("live run %s: %+v, want version %d", id, got, version)
 		}
 	}
 	checkHeap(t, m)
@@ -96,12 +103,12 @@ func TestMemoryExpiredRunStartsOver(t *testing.T) {
 	m := NewMemory(clk.Now)
 	ctx := context.Background()
 	for i := range 3 {
-		if _, err := m.Commit(ctx, "r", Step{RequestID: strconv.Itoa(i), ExpectVersion: int64(i)}, Limits{}, t0, time.Minute); err != nil {
+		if _, err := m.Commit(ctx, runA, st(strconv.Itoa(i), 0).withVersion(int64(i)), Limits{}, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
 	clk.Advance(2 * time.Minute)
-	res, err := m.Commit(ctx, "r", Step{RequestID: "3", ExpectVersion: 3}, Limits{}, t0, time.Minute)
+	res, err := m.Commit(ctx, runA, st("3", 0).withVersion(3), Limits{}, time.Minute)
 	if err != nil || res.Outcome != Stale || res.State.Version != 0 || res.State.ToolCalls != 0 {
 		t.Fatalf("commit on an expired run = %+v, %v; want stale at version 0", res, err)
 	}
@@ -112,21 +119,122 @@ func TestMemoryExpiredRunStartsOver(t *testing.T) {
 }
 
 // TestMemoryUnCommittedRunsLeaveNothing: refused and stale first steps do not
-// create runs (they used to stay forever: a run without an expiry).
+// create runs (they used to stay forever: a run without an expiry), claim no
+// run id and count nothing against the agent.
 func TestMemoryUnCommittedRunsLeaveNothing(t *testing.T) {
 	m := NewMemory(nil)
 	ctx := context.Background()
 	for i := range 100 {
-		run := "r" + strconv.Itoa(i)
-		if res, err := m.Commit(ctx, run, Step{RequestID: "a", ExpectVersion: AnyVersion, Summary: StepSummary{Risk: 1}}, Limits{MaxRisk: 0.5}, t0, time.Hour); err != nil || res.Outcome != Refused {
+		run := RunRef{Agent: "a", ID: "r" + strconv.Itoa(i)}
+		lim := Limits{MaxRisk: 0.5, AgentWindow: time.Hour}
+		if res, err := m.Commit(ctx, run, st("a", 1), lim, time.Hour); err != nil || res.Outcome != Refused {
 			t.Fatalf("%v %v", res.Outcome, err)
 		}
-		if res, err := m.Commit(ctx, run, Step{RequestID: "b", ExpectVersion: 4}, Limits{}, t0, time.Hour); err != nil || res.Outcome != Stale {
+		if res, err := m.Commit(ctx, run, st("b", 0).withVersion(4), lim, time.Hour); err != nil || res.Outcome != Stale {
 			t.Fatalf("%v %v", res.Outcome, err)
 		}
 	}
-	if len(m.runs) != 0 || len(m.expiry) != 0 {
-		t.Errorf("%d runs and %d heap entries after only refused and stale steps", len(m.runs), len(m.expiry))
+	if len(m.runs) != 0 || len(m.expiry) != 0 || len(m.owners) != 0 || len(m.agents) != 0 {
+		t.Errorf("%d runs, %d heap entries, %d owners, %d agents after only refused and stale steps",
+			len(m.runs), len(m.expiry), len(m.owners), len(m.agents))
+	}
+}
+
+// alive reports whether run is live without refreshing it: a Stale commit
+// touches nothing.
+func alive(t *testing.T, s Store, run RunRef) bool {
+	t.Helper()
+	res, err := s.Commit(context.Background(), run, st("probe", 0).withVersion(maxExactInt), Limits{}, time.Hour)
+	if err != nil || res.Outcome != Stale {
+		t.Fatalf("probe: %v %v", res.Outcome, err)
+	}
+	return res.State.Version > 0
+}
+
+// TestMemoryLifetime: a run lives ttl after its last touch: a commit, a
+// refusal (with the refusal's ttl), a Load (with the last commit's ttl); a
+// duplicate or stale commit does not touch it. Its owner lives as long, and
+// another agent may take the run id once both are gone.
+func TestMemoryLifetime(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	m := NewMemory(clk.Now)
+	ctx := context.Background()
+	mustCommit := func(run RunRef, s Step, lim Limits, ttl time.Duration, want Outcome) {
+		t.Helper()
+		if res, err := m.Commit(ctx, run, s, lim, ttl); err != nil || res.Outcome != want {
+			t.Fatalf("commit %s: %v %v, want %v", s.RequestID, res.Outcome, err, want)
+		}
+	}
+	mustCommit(runA, st("a", 0), Limits{}, 10*time.Minute, Committed)
+	clk.Advance(5 * time.Minute)
+	mustCommit(runA, st("b", 0), Limits{MaxToolCalls: 1}, time.Hour, Refused) // lives to +65m
+	clk.Advance(59 * time.Minute)                                             // +64m
+	if !alive(t, m, runA) {
+		t.Fatal("a refusal did not refresh the run")
+	}
+	if owner, _ := m.ClaimRun(ctx, runB, time.Hour); owner != runA.Agent {
+		t.Fatalf("owner %q: a refusal did not refresh the owner", owner)
+	}
+	if _, err := m.Load(ctx, runA, ""); err != nil { // the last commit's ttl: lives to +74m
+		t.Fatal(err)
+	}
+	clk.Advance(9 * time.Minute) // +73m
+	mustCommit(runA, st("a", 0), Limits{}, time.Hour, Duplicate)
+	if !alive(t, m, runA) {
+		t.Fatal("a Load did not refresh the run")
+	}
+	clk.Advance(2 * time.Minute) // +75m: a Load with the refusal's hour would still hold it
+	if alive(t, m, runA) {
+		t.Fatal("the run outlived the ttl of its last commit after a Load, or a duplicate refreshed it")
+	}
+	if owner, _ := m.ClaimRun(ctx, runB, time.Hour); owner != runB.Agent {
+		t.Fatalf("owner %q after the run expired, want %q", owner, runB.Agent)
+	}
+}
+
+// TestMemoryAgentUsageFollowsItsWindow: a Load (which has no Limits) and every
+// Commit outcome report the agent's usage in the current window of the length
+// it was counted in — zero, with the new window's start, once that window has
+// passed — and nothing once the usage has expired.
+func TestMemoryAgentUsageFollowsItsWindow(t *testing.T) {
+	clk := &fakeClock{t: WindowStart(t0, time.Minute).Add(10 * time.Second)}
+	m := NewMemory(clk.Now)
+	ctx := context.Background()
+	lim := Limits{AgentWindow: time.Minute, AgentMaxToolCalls: 1}
+	res, err := m.Commit(ctx, runA, st("a", 0), lim, time.Hour)
+	if err != nil || res.State.Agent.ToolCalls != 1 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	clk.Advance(time.Minute)
+	next := AgentUsage{WindowStart: WindowStart(clk.Now(), time.Minute)}
+	ld, err := m.Load(ctx, runA, "")
+	if err != nil || ld.Agent != next {
+		t.Errorf("Load in the next window reports %+v, want %+v", ld.Agent, next)
+	}
+	for _, c := range []struct {
+		step Step
+		lim  Limits
+	}{
+		{st("b", 0), Limits{MaxToolCalls: 1}},   // refused, no window in its limits
+		{st("c", 0).withVersion(0), Limits{}},   // stale
+		{st("a", 0), Limits{}},                  // duplicate
+		{st("d", 0), Limits{}},                  // committed, not counted
+		{st("e", 0), Limits{MaxToolCalls: 100}}, // committed, not counted
+	} {
+		res, err := m.Commit(ctx, runA, c.step, c.lim, time.Hour)
+		if err != nil || res.State.Agent != next {
+			t.Errorf("%s %v: agent usage %+v, want %+v (%v)", c.step.RequestID, res.Outcome, res.State.Agent, next, err)
+		}
+	}
+	if res, err := m.Commit(ctx, runA2, st("f", 0), lim, time.Hour); err != nil || res.Outcome != Committed {
+		t.Errorf("the next window's budget: %v %q %v", res.Outcome, res.Limit, err)
+	}
+	clk.Advance(2 * time.Hour)
+	if ld, err := m.Load(ctx, RunRef{Agent: runA.Agent, ID: "other"}, ""); err != nil || ld.Agent != (AgentUsage{}) {
+		t.Errorf("expired usage reads %+v, want none", ld.Agent)
+	}
+	if len(m.agents) != 0 {
+		t.Errorf("%d expired agents' usage held", len(m.agents))
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-
 	"net/url"
 	"strconv"
 	"strings"
@@ -45,8 +44,9 @@ type RedisOptions struct {
 	PoolSize int
 	// KeyPrefix starts every key (default "aisecops"). It must not contain '{' or '}'.
 	KeyPrefix string
-	// Now is the clock used for approval expiry (default time.Now). Run TTLs
-	// are Redis's own (PEXPIRE).
+	// Now is the clock used for approval expiry (default time.Now). Run state
+	// uses Redis's clock (TIME inside the scripts) for start times, execution
+	// time, agent windows and TTLs, so every replica shares one clock.
 	Now func() time.Time
 }
 
@@ -56,9 +56,42 @@ const (
 	defaultKeyPrefix  = "aisecops"
 )
 
-// Redis keeps run state, approvals and single-use ids in Redis or Redis Cluster.
-// Every key of one run carries the hash tag {run:<id>} so the Commit script
-// touches one slot. It is safe for concurrent use.
+// Redis keeps run state, approvals and single-use ids in Redis or Redis
+// Cluster (tested on 7.0; the scripts read TIME before writing, which needs
+// replication by effects: the default since 5.0, the only mode since 7.0). It
+// is safe for concurrent use.
+//
+// Keys. Ids are hashed (the first 128 bits of SHA-256, in hex) so that any
+// bytes are accepted and no id can put a brace in a key:
+//
+//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:state     hash: counters, risk, start, ttl, expiry
+//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:facts     sorted set: the run's sticky facts
+//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:req       hash: request id → prior
+//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:reqorder  list: request ids, oldest first
+//	<prefix>:{a:<H(agent)>}:usage                   hash: the agent's window usage
+//	<prefix>:{o:<H(run id)>}:owner                  string: the agent owning the run id
+//
+// Every run of an agent and the agent's window usage share the hash tag
+// {a:<H(agent)>}, so one script commits a step and the agent's window budget
+// atomically on a Cluster too. The consequence: all of one agent's run state
+// lives in one slot, on one master. A Cluster spreads agents, not one agent's
+// runs; an agent busy enough to saturate a master needs a larger master, not
+// more of them.
+//
+// Ownership. The owner key has its own hash tag (by run id): it is global
+// across agents. On a single node it is passed to the run scripts in KEYS (a
+// plain Redis does not enforce slots), so a Commit is one round trip, first
+// step included, and owners are claimed and refreshed exactly as in Memory.
+// On a Cluster it cannot be: a run records in its state hash how long its
+// owner key is known to live ("oexp"), and a Commit takes one round trip while
+// that outlives the run. Otherwise (a run's first commit, or every ttl or so
+// of activity) the script changes nothing and answers what it would do; the
+// store checks or claims the owner key in a second call, then commits in a
+// third. A Commit's claim on a Cluster keeps the owner for clusterOwnerFactor
+// times the run's ttl, since Loads and refusals refresh the run but, to stay
+// one round trip, not the owner: a run kept alive only by Loads past its
+// owner's lifetime is refused (RunOwned) if another agent claims its id
+// meanwhile, which fails closed.
 type Redis struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient // nil on a single node
@@ -206,27 +239,41 @@ func (r *Redis) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Load, Commit and ClaimRun: placeholder while the Redis side moves to the new contract.
-func (r *Redis) Load(ctx context.Context, run RunRef, requestID string) (State, error) {
-	return State{}, errors.New("riskstore: redis: not implemented")
+// clusterOwnerFactor: on a Cluster a Commit's claim keeps the owner key this
+// many times the run's ttl (see Redis).
+const clusterOwnerFactor = 2
+
+// idHash names an id in keys: the first 128 bits of its SHA-256, in hex.
+func idHash(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:16])
 }
 
-func (r *Redis) Commit(ctx context.Context, run RunRef, step Step, limits Limits, ttl time.Duration) (CommitResult, error) {
-	return CommitResult{}, errors.New("riskstore: redis: not implemented")
+// runKeys are the keys a run script touches, in KEYS order: the run's state,
+// facts, request ids and their order, and the agent's usage (all under the
+// agent's hash tag), then, on a single node only, the run id's owner.
+type runKeys struct {
+	run   [5]string
+	owner string
 }
 
-func (r *Redis) ClaimRun(ctx context.Context, run RunRef, ttl time.Duration) (string, error) {
-	return "", errors.New("riskstore: redis: not implemented")
-}
-
-func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
-
-// truncate keeps an invalid, agent-supplied id short in an error.
-func truncate(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
+func (r *Redis) runKeys(ref RunRef) runKeys {
+	agent := r.prefix + ":{a:" + idHash(ref.Agent) + "}:"
+	id := idHash(ref.ID)
+	base := agent + "r:" + id + ":"
+	return runKeys{
+		run:   [5]string{base + "state", base + "facts", base + "req", base + "reqorder", agent + "usage"},
+		owner: r.prefix + ":{o:" + id + "}:owner",
 	}
-	return s
+}
+
+// keys returns KEYS for a run script: the owner key is included on a single
+// node only (on a Cluster it lives in another slot).
+func (r *Redis) keys(k runKeys) []string {
+	if r.cluster != nil {
+		return k.run[:]
+	}
+	return append(k.run[:], k.owner)
 }
 
 // requestField is the idempotency field for a request id. Long ids are hashed
@@ -237,4 +284,213 @@ func requestField(id string) string {
 	}
 	sum := sha256.Sum256([]byte(id))
 	return "#" + hex.EncodeToString(sum[:])
+}
+
+// Positions in the commit script's ARGV (1-based, as in Lua) that Commit
+// changes between attempts; see commitScript for the rest.
+const (
+	argMode   = 1 // "node" or "cluster"
+	argOwnerR = 2 // cluster: what the store knows of the owner (see commitScript)
+)
+
+// Commit implements Store. On a single node it is one script call. On a
+// Cluster it is one script call while the run is known to be owned by its
+// agent; otherwise see Redis for the extra calls.
+func (r *Redis) Commit(ctx context.Context, ref RunRef, step Step, limits Limits, ttl time.Duration) (CommitResult, error) {
+	if !ref.valid() {
+		return CommitResult{}, errors.New("riskstore: commit: invalid run reference")
+	}
+	if err := checkNumbers(step, limits); err != nil {
+		return CommitResult{}, fmt.Errorf("riskstore: commit run %q: %w", truncate(ref.ID), err)
+	}
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	k := r.runKeys(ref)
+	args := r.commitArgs(ref, step, limits, ttl)
+	if r.cluster == nil {
+		args[argMode-1] = "node"
+		res, err := r.runCommit(ctx, ref, r.keys(k), args)
+		if err != nil {
+			return CommitResult{}, err
+		}
+		return res.result()
+	}
+	args[argMode-1] = "cluster"
+	ownerR := int64(-1) // unknown: the script relies on the run's own mark
+	for range 3 {
+		args[argOwnerR-1] = ownerR
+		res, err := r.runCommit(ctx, ref, r.keys(k), args)
+		if err != nil {
+			return CommitResult{}, err
+		}
+		if res.predicted == 0 {
+			return res.result()
+		}
+		// The script changed nothing: it needs to know the owner first.
+		op := ownerGet
+		switch {
+		case res.predicted == Committed:
+			op = ownerClaim // a first commit claims the run id
+		case res.predicted == Refused && res.state.Version > 0:
+			op = ownerTouch // a refusal refreshes the owner as it refreshes the run
+		}
+		opTTL := ttl
+		if op == ownerClaim {
+			opTTL = clusterOwnerFactor * ttl
+		}
+		sent := time.Now()
+		owner, pttl, err := r.ownerCall(ctx, k.owner, op, ref.Agent, opTTL)
+		if err != nil {
+			return CommitResult{}, fmt.Errorf("riskstore: commit run %q: %w", truncate(ref.ID), err)
+		}
+		if owner != "" && owner != ref.Agent {
+			return CommitResult{Outcome: Refused, Limit: RunOwned, State: res.state}, nil
+		}
+		if op == ownerGet { // nothing to write: the predicted outcome stands
+			res.outcome, res.predicted = res.predicted, 0
+			return res.result()
+		}
+		// What the owner key has left, less the time since it was measured,
+		// so that the run's mark never outlives the key.
+		ownerR = 0
+		if pttl > 0 {
+			ownerR = max(pttl-time.Since(sent).Milliseconds()-1, 1)
+		}
+	}
+	return CommitResult{}, fmt.Errorf("riskstore: commit run %q: ownership did not settle", truncate(ref.ID))
+}
+
+// commitArgs builds ARGV for commitScript; argMode and argOwnerR are filled in
+// by Commit.
+func (r *Redis) commitArgs(ref RunRef, step Step, limits Limits, ttl time.Duration) []any {
+	field := ""
+	if step.RequestID != "" {
+		field = requestField(step.RequestID)
+	} else {
+		field = r.anonPrefix + strconv.FormatUint(r.anonSeq.Add(1), 36)
+	}
+	execUs := ""
+	if limits.MaxExecutionTime > 0 {
+		// The script compares whole microseconds elapsed (Redis's clock
+		// resolution): d µs > max ns ⇔ d > ⌊max/1000⌋.
+		execUs = strconv.FormatInt(int64(limits.MaxExecutionTime/time.Microsecond), 10)
+	}
+	write := "0"
+	if step.Write {
+		write = "1"
+	}
+	risk := formatFloat(step.Risk)
+	args := make([]any, 0, 21+len(step.Facts))
+	args = append(args,
+		"", int64(-1), ref.Agent,
+		field, risk+"|"+step.DecisionID,
+		strconv.FormatInt(step.ExpectVersion, 10),
+		strconv.FormatInt(limits.MaxToolCalls, 10),
+		strconv.FormatInt(limits.MaxWriteOperations, 10),
+		strconv.FormatInt(limits.MaxCostMicros, 10),
+		execUs,
+		formatFloat(limits.MaxRisk), formatFloat(riskEpsilon),
+		strconv.FormatInt(int64(limits.AgentWindow/time.Microsecond), 10),
+		strconv.FormatInt(limits.AgentMaxToolCalls, 10),
+		strconv.FormatInt(limits.AgentMaxCostMicros, 10),
+		write, strconv.FormatInt(step.CostMicros, 10), risk,
+		strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
+		strconv.Itoa(maxRequestIDs), strconv.Itoa(MaxFacts),
+	)
+	for _, f := range step.Facts {
+		// mergeFacts skips these too; dropping them here keeps ARGV small.
+		if f != "" && len(f) <= MaxFactLen {
+			args = append(args, f)
+		}
+	}
+	return args
+}
+
+func (r *Redis) runCommit(ctx context.Context, ref RunRef, keys []string, args []any) (runReply, error) {
+	raw, err := commitScript.Run(ctx, r.client, keys, args...).Slice()
+	if err != nil {
+		return runReply{}, fmt.Errorf("riskstore: commit run %q: %w", truncate(ref.ID), err)
+	}
+	res, err := decodeReply(ref, raw)
+	if err != nil {
+		return runReply{}, fmt.Errorf("riskstore: commit run %q: %w", truncate(ref.ID), err)
+	}
+	return res, nil
+}
+
+// Load implements Store with one script call, which also refreshes the run's
+// lifetime (and, on a single node, its owner's).
+func (r *Redis) Load(ctx context.Context, ref RunRef, requestID string) (State, error) {
+	if !ref.valid() {
+		return State{}, errors.New("riskstore: load: invalid run reference")
+	}
+	field := ""
+	if requestID != "" {
+		field = requestField(requestID)
+	}
+	node := "1"
+	if r.cluster != nil {
+		node = "0"
+	}
+	raw, err := loadScript.Run(ctx, r.client, r.keys(r.runKeys(ref)), field, node, ref.Agent).Slice()
+	if err != nil {
+		return State{}, fmt.Errorf("riskstore: load run %q: %w", truncate(ref.ID), err)
+	}
+	res, err := decodeReply(ref, raw)
+	if err != nil {
+		return State{}, fmt.Errorf("riskstore: load run %q: %w", truncate(ref.ID), err)
+	}
+	res.state.Prior = res.prior
+	return res.state, nil
+}
+
+// ClaimRun implements Store with one script call on the owner key.
+func (r *Redis) ClaimRun(ctx context.Context, ref RunRef, ttl time.Duration) (string, error) {
+	if !ref.valid() {
+		return "", errors.New("riskstore: claim: invalid run reference")
+	}
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	owner, _, err := r.ownerCall(ctx, r.runKeys(ref).owner, ownerClaim, ref.Agent, ttl)
+	if err != nil {
+		return "", fmt.Errorf("riskstore: claim run %q: %w", truncate(ref.ID), err)
+	}
+	return owner, nil
+}
+
+// Operations of ownerScript.
+const (
+	ownerGet   = "get"   // read the owner
+	ownerTouch = "touch" // extend the owner's lifetime if it is the agent
+	ownerClaim = "claim" // touch, or make the agent the owner if there is none
+)
+
+// ownerCall runs op on a run id's owner key and returns the owner ("" if none)
+// and, when it is the agent and op is not a get, its remaining lifetime in ms.
+func (r *Redis) ownerCall(ctx context.Context, key, op, agent string, ttl time.Duration) (string, int64, error) {
+	res, err := ownerScript.Run(ctx, r.client, []string{key}, op, agent, max(ttl.Milliseconds(), 1)).Slice()
+	if err != nil {
+		return "", 0, err
+	}
+	if len(res) != 2 {
+		return "", 0, fmt.Errorf("unexpected owner reply of %d elements", len(res))
+	}
+	owner, _ := res[0].(string)
+	pttl, ok := res[1].(int64)
+	if !ok {
+		return "", 0, errors.New("unexpected owner reply")
+	}
+	return owner, pttl, nil
+}
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// truncate keeps an agent-supplied id short in an error.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }

@@ -109,8 +109,8 @@ func (r *Redis) DecideApproval(ctx context.Context, id string, approve bool, by,
 }
 
 // ConsumeApproval implements Approvals.
-func (r *Redis) ConsumeApproval(ctx context.Context, id, planHash string) (Approval, error) {
-	res, err := approvalConsumeScript.Run(ctx, r.client, r.approvalKeys(), id, ms(r.now()), planHash).StringSlice()
+func (r *Redis) ConsumeApproval(ctx context.Context, id, binding string) (Approval, error) {
+	res, err := approvalConsumeScript.Run(ctx, r.client, r.approvalKeys(), id, ms(r.now()), binding).StringSlice()
 	if err != nil {
 		return Approval{}, fmt.Errorf("riskstore: consume approval %s: %w", id, err)
 	}

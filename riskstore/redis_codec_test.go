@@ -2,45 +2,13 @@ package riskstore
 
 import (
 	"math"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
-
-func codecCases() map[string]StepSummary {
-	return map[string]StepSummary{
-		"typical":       {Tool: "send_email", Class: "external_send", Trust: "untrusted", Untrusted: true, Risk: 0.275, At: t0},
-		"zero":          {},
-		"separators":    {Tool: "a|b:c", Class: "1:x", Trust: "|", Risk: 1e-300},
-		"before 1970":   {Tool: "t", At: time.Date(1901, 1, 1, 0, 0, 0, 1, time.UTC)},
-		"negative risk": {Risk: -0.5, At: time.Unix(0, 999_999_999)},
-		"max float":     {Risk: math.MaxFloat64, Tool: "\x00\xff"},
-	}
-}
-
-func TestStepCodecRoundTrip(t *testing.T) {
-	for name, s := range codecCases() {
-		t.Run(name, func(t *testing.T) {
-			got, err := decodeStep(encodeStep(s))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(s, got); diff != "" {
-				t.Errorf("round trip (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
-func TestDecodeStepRejectsMalformed(t *testing.T) {
-	for _, rec := range []string{"", "2|", "1|", "1|1|2|0.5|0|", "1|||x|0|0:0:0:", "1|||0|2|0:0:0:", "1|||0|0|5:ab0:0:",
-		"1|||0|0|0:0:0:extra", "1|1|1000000000|0|0|0:0:0:", "1|x|1|0|0|0:0:0:", "1|||0|0|-1:0:0:"} {
-		if s, err := decodeStep(rec); err == nil {
-			t.Errorf("decodeStep(%q) = %+v, want an error", rec, s)
-		}
-	}
-}
 
 func TestDecodePrior(t *testing.T) {
 	p, err := decodePrior("1.335|0.275|dec|with|bars")
@@ -57,43 +25,106 @@ func TestDecodePrior(t *testing.T) {
 	}
 }
 
-// FuzzDecodeStep: any stored record decodes or fails without panicking, and a
-// record that decodes re-encodes to itself.
-func FuzzDecodeStep(f *testing.F) {
-	for _, s := range codecCases() {
-		f.Add(encodeStep(s))
-	}
-	f.Add("1|||0|0|0:0:0:")
-	f.Fuzz(func(t *testing.T, rec string) {
-		s, err := decodeStep(rec)
-		if err != nil {
+// FuzzDecodePrior: any stored prior decodes or fails without panicking, and
+// one the script writes (total, then the payload Go sent) decodes to what
+// was sent.
+func FuzzDecodePrior(f *testing.F) {
+	f.Add("1.335|0.275|dec", 1.335, 0.275, "dec")
+	f.Add("", 0.0, -1e-300, "a|b")
+	f.Add("1|2", math.MaxFloat64, 0.5, "\x00")
+	f.Fuzz(func(t *testing.T, rec string, total, step float64, decision string) {
+		_, _ = decodePrior(rec)
+		if math.IsNaN(total) || math.IsNaN(step) {
 			return
 		}
-		again, err := decodeStep(encodeStep(s))
+		p, err := decodePrior(formatFloat(total) + "|" + formatFloat(step) + "|" + decision)
 		if err != nil {
-			t.Fatalf("re-encoded record does not decode: %v", err)
+			t.Fatal(err)
 		}
-		if !cmp.Equal(s, again, cmp.Comparer(func(a, b float64) bool { return a == b || (a != a && b != b) })) {
-			t.Fatalf("round trip changed %+v to %+v", s, again)
+		if want := (Prior{DecisionID: decision, StepRisk: step, RiskTotal: total}); p != want {
+			t.Fatalf("got %+v, want %+v", p, want)
 		}
 	})
 }
 
-// FuzzEncodeStep: every summary survives the round trip.
-func FuzzEncodeStep(f *testing.F) {
-	f.Add("send_email", "external_send", "untrusted", true, 0.275, int64(1772366400), int64(5))
-	f.Fuzz(func(t *testing.T, tool, class, trust string, untrusted bool, risk float64, sec, nsec int64) {
-		if math.IsNaN(risk) {
+// replyOf builds a script reply from its fields, facts joined by newlines.
+func replyOf(outcome, limit, calls, writes, cost, risk, start, facts, prior, now, acalls, acost, astart string) []any {
+	var fs []any
+	if facts != "" {
+		for f := range strings.SplitSeq(facts, "\n") {
+			fs = append(fs, f)
+		}
+	}
+	return []any{outcome, limit, calls, writes, cost, risk, start, fs, prior, now, acalls, acost, astart}
+}
+
+func TestDecodeReply(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 123456000, time.UTC)
+	us := strconv.FormatInt(now.UnixMicro(), 10)
+	got, err := decodeReply(runA, replyOf("dup", "0", "3", "1", "-5", "0.30000000000000004", us, "a\nb", "0.3|0.1|d", us, "7", "9", us))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := runReply{
+		outcome: Duplicate,
+		state: State{Run: runA, ToolCalls: 3, WriteOps: 1, CostMicros: -5, RiskTotal: 0.30000000000000004, StartedAt: now,
+			Facts: []string{"a", "b"}, Agent: AgentUsage{ToolCalls: 7, CostMicros: 9, WindowStart: now}, Now: now, Version: 3},
+		prior: &Prior{DecisionID: "d", StepRisk: 0.1, RiskTotal: 0.3},
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(runReply{})); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	pred, err := decodeReply(runA, replyOf("?refused", "8", "0", "0", "0", "0", "", "", "", us, "0", "0", ""))
+	if err != nil || pred.predicted != Refused || pred.limit != RunOwned || pred.state.Facts != nil {
+		t.Errorf("prediction: %+v %v", pred, err)
+	}
+	if _, err := pred.result(); err == nil {
+		t.Error("a prediction made a result")
+	}
+
+	bad := map[string][]any{
+		"short":         {"ok"},
+		"outcome":       replyOf("yes", "0", "0", "0", "0", "0", "", "", "", us, "0", "0", ""),
+		"prediction":    replyOf("?", "0", "0", "0", "0", "0", "", "", "", us, "0", "0", ""),
+		"limit code":    replyOf("refused", "9", "0", "0", "0", "0", "", "", "", us, "0", "0", ""),
+		"counter":       replyOf("ok", "0", "1.5", "0", "0", "0", "", "", "", us, "0", "0", ""),
+		"risk":          replyOf("ok", "0", "0", "0", "0", "x", "", "", "", us, "0", "0", ""),
+		"start":         replyOf("ok", "0", "0", "0", "0", "0", "-1", "", "", us, "0", "0", ""),
+		"unsorted":      replyOf("ok", "0", "0", "0", "0", "0", "", "b\na", "", us, "0", "0", ""),
+		"repeated fact": replyOf("ok", "0", "0", "0", "0", "0", "", "a\na", "", us, "0", "0", ""),
+		"prior":         replyOf("dup", "0", "0", "0", "0", "0", "", "", "x", us, "0", "0", ""),
+		"no time":       replyOf("ok", "0", "0", "0", "0", "0", "", "", "", "", "0", "0", ""),
+		"agent":         replyOf("ok", "0", "0", "0", "0", "0", "", "", "", us, "", "0", ""),
+		"window":        replyOf("ok", "0", "0", "0", "0", "0", "", "", "", us, "0", "0", "1e6"),
+	}
+	for name, raw := range bad {
+		if got, err := decodeReply(runA, raw); err == nil {
+			t.Errorf("%s: decoded %+v", name, got)
+		}
+	}
+}
+
+// FuzzDecodeReply: any reply decodes or fails without panicking; one that
+// decodes is self-consistent.
+func FuzzDecodeReply(f *testing.F) {
+	us := strconv.FormatInt(t0.UnixMicro(), 10)
+	f.Add("ok", "0", "3", "1", "-5", "0.3", us, "a\nb", "", us, "7", "9", us)
+	f.Add("?dup", "8", "0", "0", "0", "0", "", "", "0.3|0.1|d", us, "0", "0", "")
+	f.Fuzz(func(t *testing.T, outcome, limit, calls, writes, cost, risk, start, facts, prior, now, acalls, acost, astart string) {
+		got, err := decodeReply(runA, replyOf(outcome, limit, calls, writes, cost, risk, start, facts, prior, now, acalls, acost, astart))
+		if err != nil {
 			return
 		}
-		s := StepSummary{Tool: tool, Class: class, Trust: trust, Untrusted: untrusted, Risk: risk,
-			At: time.Unix(sec%(1<<40), nsec%1e9).UTC()}
-		got, err := decodeStep(encodeStep(s))
-		if err != nil {
-			t.Fatal(err)
+		if got.state.Version != got.state.ToolCalls || got.state.Now.IsZero() || got.state.Run != runA {
+			t.Fatalf("inconsistent state %+v", got.state)
 		}
-		if diff := cmp.Diff(s, got); diff != "" {
-			t.Fatal(diff)
+		if (got.outcome == 0) == (got.predicted == 0) && outcome != "" {
+			t.Fatalf("outcome %q decoded to %v/%v", outcome, got.outcome, got.predicted)
+		}
+		for i := 1; i < len(got.state.Facts); i++ {
+			if got.state.Facts[i] <= got.state.Facts[i-1] {
+				t.Fatalf("facts not sorted: %q", got.state.Facts)
+			}
 		}
 	})
 }

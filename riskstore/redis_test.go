@@ -2,6 +2,8 @@ package riskstore
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,22 +50,6 @@ func TestNewRedisOptions(t *testing.T) {
 	}
 }
 
-func TestRedisRejectsInvalidRunIDs(t *testing.T) {
-	r := newRedisStore(t, RedisOptions{URL: "redis://" + sharedNode(t).Addr()})
-	ctx := context.Background()
-	for _, id := range []string{"", "a{b", "a}b", "a b", "ü", strings.Repeat("a", 129), "a\x00"} {
-		if _, err := r.Commit(ctx, id, Step{ExpectVersion: AnyVersion, RequestID: "x"}, Limits{}, t0, time.Hour); err == nil {
-			t.Errorf("Commit accepted run id %q", id)
-		}
-		if _, err := r.Load(ctx, id, ""); err == nil {
-			t.Errorf("Load accepted run id %q", id)
-		}
-	}
-	if _, err := r.Commit(ctx, strings.Repeat("a", 128), Step{ExpectVersion: AnyVersion, RequestID: "x"}, Limits{}, t0, time.Hour); err != nil {
-		t.Errorf("128-character run id refused: %v", err)
-	}
-}
-
 // cmdCounter counts the commands go-redis processes (retries included once,
 // pipelines as one), i.e. round trips from the store's point of view.
 type cmdCounter struct {
@@ -97,81 +83,365 @@ func (c *cmdCounter) take() []string {
 	return out
 }
 
-// TestRedisOneRoundTripPerCall: a Commit (versioned or not, whatever its
-// outcome) and a Load are each exactly one command on the wire once the script
-// is cached.
+// countedStore is a store whose commands on the wire are counted: at the node
+// clients on a Cluster, since that is where commands hit the wire. Its
+// connections are open and the scripts loaded on every master, so that what
+// is counted is what every call costs once warm.
+func countedStore(t *testing.T, cluster bool) (*Redis, *cmdCounter) {
+	counter := &cmdCounter{}
+	var r *Redis
+	if cluster {
+		r = newRedisStore(t, RedisOptions{ClusterNodes: sharedCluster(t).Addrs()})
+		r.cluster.OnNewNode(func(c *redis.Client) { c.AddHook(counter) })
+	} else {
+		r = newRedisStore(t, RedisOptions{URL: "redis://" + sharedNode(t).Addr()})
+		r.AddHook(counter)
+	}
+	ctx := context.Background()
+	load := func(ctx context.Context, c redis.Scripter) error {
+		for _, s := range []*redis.Script{commitScript, loadScript, ownerScript} {
+			if err := s.Load(ctx, c).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var err error
+	if cluster {
+		err = r.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return load(ctx, c) })
+	} else {
+		err = load(ctx, r.client)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter.take()
+	return r, counter
+}
+
+// scripts are the commands counted, without a Cluster client's slot-map
+// refreshes and its one-time fetch of the command table (not per call).
+func (c *cmdCounter) scripts() []string {
+	var out []string
+	for _, name := range c.take() {
+		if name != "cluster" && name != "command" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+var clusterNames = map[bool]string{false: "redis", true: "cluster"}
+
+// TestRedisOneRoundTripPerCall: once the scripts are cached, a Load, a
+// ClaimRun and a Commit on a known run — whatever its outcome, versioned or
+// not — are each exactly one command on the wire. On a single node a run's
+// first Commit is one too; on a Cluster it takes three (the commit script,
+// the owner claim, the commit script again), and a first step that does not
+// commit two.
 func TestRedisOneRoundTripPerCall(t *testing.T) {
 	for _, cluster := range []bool{false, true} {
-		t.Run(map[bool]string{false: "redis", true: "cluster"}[cluster], func(t *testing.T) {
-			var r *Redis
-			counter := &cmdCounter{}
-			if cluster {
-				r = newRedisStore(t, RedisOptions{ClusterNodes: sharedCluster(t).Addrs()})
-				// Count at the node clients: that is where commands hit the wire.
-				r.cluster.OnNewNode(func(c *redis.Client) { c.AddHook(counter) })
-			} else {
-				r = newRedisStore(t, RedisOptions{URL: "redis://" + sharedNode(t).Addr()})
-				r.client.AddHook(counter)
-			}
+		t.Run(clusterNames[cluster], func(t *testing.T) {
+			r, counter := countedStore(t, cluster)
 			ctx := context.Background()
 			// Warm up: the first call of each script loads it (NOSCRIPT → EVAL).
-			if _, err := r.Commit(ctx, "rt", Step{ExpectVersion: AnyVersion, RequestID: "warm"}, Limits{}, t0, time.Hour); err != nil {
+			if _, err := r.Commit(ctx, RunRef{Agent: "warm", ID: "warm"}, st("w", 0), Limits{}, time.Hour); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := r.Load(ctx, "rt", "warm"); err != nil {
+			if _, err := r.Load(ctx, RunRef{Agent: "warm", ID: "warm"}, "w"); err != nil {
 				t.Fatal(err)
 			}
-			counter.take()
-			const n = 20
-			for i := range n {
-				if _, err := r.Commit(ctx, "rt", Step{ExpectVersion: AnyVersion, RequestID: strconv.Itoa(i)}, Limits{MaxToolCalls: 5}, t0, time.Hour); err != nil {
-					t.Fatal(err)
+			first := 1
+			if cluster {
+				first = 3
+			}
+			unCommitted := 1
+			if cluster {
+				unCommitted = 2
+			}
+			known := RunRef{Agent: "rt", ID: "known"}
+			commitOK := func(run RunRef, s Step, lim Limits, want Outcome) error {
+				res, err := r.Commit(ctx, run, s, lim, time.Hour)
+				if err == nil && res.Outcome != want {
+					err = fmt.Errorf("outcome %v %q, want %v", res.Outcome, res.Limit, want)
 				}
-				if _, err := r.Load(ctx, "rt", strconv.Itoa(i)); err != nil {
-					t.Fatal(err)
-				}
+				return err
+			}
+			fresh := func(i int) RunRef { return RunRef{Agent: "rt", ID: "fresh-" + strconv.Itoa(i)} }
+			tests := []struct {
+				name string
+				call func(i int) error
+				want int
+			}{
+				{"first commit", func(i int) error { return commitOK(fresh(i), st("a", 0), Limits{}, Committed) }, first},
+				{"commit", func(i int) error {
+					return commitOK(known, st("c"+strconv.Itoa(i), 0), Limits{AgentWindow: time.Hour}, Committed)
+				}, 1},
+				{"duplicate", func(i int) error { return commitOK(known, st("c"+strconv.Itoa(i), 0), Limits{}, Duplicate) }, 1},
+				{"refused", func(i int) error { return commitOK(known, st("r", 0), Limits{MaxToolCalls: 1}, Refused) }, 1},
 				// A versioned Commit, even a stale one that returns the whole
 				// state, is still one command.
-				res, err := r.Commit(ctx, "rt", Step{RequestID: "v" + strconv.Itoa(i), ExpectVersion: 0}, Limits{}, t0, time.Hour)
-				if err != nil || res.Outcome != Stale || res.State.Version == 0 {
-					t.Fatalf("versioned commit = %v, version %d, %v; want stale", res.Outcome, res.State.Version, err)
+				{"stale", func(i int) error { return commitOK(known, st("v", 0).withVersion(0), Limits{}, Stale) }, 1},
+				{"load", func(i int) error { _, err := r.Load(ctx, known, "c1"); return err }, 1},
+				{"load of an unknown run", func(i int) error { _, err := r.Load(ctx, fresh(100+i), ""); return err }, 1},
+				{"claim", func(i int) error { _, err := r.ClaimRun(ctx, fresh(200+i), time.Hour); return err }, 1},
+				{"refused first step", func(i int) error { return commitOK(fresh(300+i), st("a", 1), Limits{MaxRisk: 0.5}, Refused) }, unCommitted},
+				{"stale first step", func(i int) error { return commitOK(fresh(400+i), st("a", 0).withVersion(3), Limits{}, Stale) }, unCommitted},
+				{"another agent's run id", func(i int) error {
+					return commitOK(RunRef{Agent: "other", ID: known.ID}, st("a", 0), Limits{}, Refused)
+				}, unCommitted},
+			}
+			if err := commitOK(known, st("k", 0), Limits{}, Committed); err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range tests {
+				counter.take()
+				const n = 10
+				for i := range n {
+					if err := tc.call(i); err != nil {
+						t.Fatalf("%s: %v", tc.name, err)
+					}
 				}
-			}
-			var got []string
-			for _, name := range counter.take() {
-				if cluster && name == "cluster" { // a slot-map refresh, not per call
-					continue
+				want := slices.Repeat([]string{"evalsha"}, n*tc.want)
+				if diff := cmp.Diff(want, counter.scripts()); diff != "" {
+					t.Errorf("%s: commands for %d calls (-want +got):\n%s", tc.name, n, diff)
 				}
-				got = append(got, name)
-			}
-			want := make([]string, 3*n)
-			for i := range want {
-				want[i] = "evalsha"
-			}
-			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("commands for %d Commit+Load+Commit triples (-want +got):\n%s", n, diff)
 			}
 		})
 	}
 }
 
-// TestRedisEveryKeyHasTTL scans a server the store wrote runs, approvals and
-// token ids to: every key must expire.
+// TestRedisClusterOwnerRefresh: on a Cluster a run's commits stay one round
+// trip while its owner key is known to outlive it; when it no longer is, a
+// commit claims the owner again (three round trips) and the next ones are
+// one round trip again.
+func TestRedisClusterOwnerRefresh(t *testing.T) {
+	r, counter := countedStore(t, true)
+	admin := sharedCluster(t).Client(t)
+	ctx := context.Background()
+	const ttl = time.Second
+	commitN := func(req string) []string {
+		t.Helper()
+		counter.take()
+		res, err := r.Commit(ctx, runA, st(req, 0), Limits{}, ttl)
+		if err != nil || res.Outcome != Committed {
+			t.Fatalf("commit %s: %v %v", req, res.Outcome, err)
+		}
+		return counter.scripts()
+	}
+	ownerTTL := func() time.Duration {
+		t.Helper()
+		d, err := admin.PTTL(ctx, r.runKeys(runA).owner).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if n := commitN("a"); len(n) != 3 {
+		t.Errorf("first commit: %q, want 3 script calls", n)
+	}
+	if d := ownerTTL(); d <= ttl || d > clusterOwnerFactor*ttl {
+		t.Errorf("owner key lives %v after the claim, want (%v, %v]", d, ttl, clusterOwnerFactor*ttl)
+	}
+	if n := commitN("b"); len(n) != 1 {
+		t.Errorf("second commit: %q, want 1 script call", n)
+	}
+	// Keep the run alive with Loads until less than ttl is left of the owner.
+	for range 2 {
+		time.Sleep(600 * time.Millisecond)
+		if _, err := r.Load(ctx, runA, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := ownerTTL(); d >= ttl {
+		t.Fatalf("owner key lives %v, test expects less than %v", d, ttl)
+	}
+	if n := commitN("c"); len(n) != 3 {
+		t.Errorf("commit with the owner key running out: %q, want 3 script calls", n)
+	}
+	if d := ownerTTL(); d <= ttl {
+		t.Errorf("owner key lives %v after the commit, want it claimed again for %v", d, clusterOwnerFactor*ttl)
+	}
+	if n := commitN("d"); len(n) != 1 {
+		t.Errorf("next commit: %q, want 1 script call", n)
+	}
+	if got, err := r.Load(ctx, runA, ""); err != nil || got.Version != 4 {
+		t.Errorf("the run: version %d (%v), want 4 (the same run throughout)", got.Version, err)
+	}
+}
+
+// TestRedisOwnerKeptAliveByLoads: a run kept alive by Loads only keeps its
+// owner on a single node (as in Memory). On a Cluster the owner key is not
+// refreshed by Loads; once it has expired another agent may claim the run id,
+// and the first agent is then refused (it fails closed).
+func TestRedisOwnerKeptAliveByLoads(t *testing.T) {
+	for _, cluster := range []bool{false, true} {
+		t.Run(clusterNames[cluster], func(t *testing.T) {
+			r, _ := countedStore(t, cluster)
+			ctx := context.Background()
+			const ttl = 300 * time.Millisecond
+			if res, err := r.Commit(ctx, runA, st("a", 0), Limits{}, ttl); err != nil || res.Outcome != Committed {
+				t.Fatalf("%v %v", res.Outcome, err)
+			}
+			for range 10 { // a second: past the owner's lifetime on a Cluster
+				time.Sleep(ttl / 3)
+				if got, err := r.Load(ctx, runA, ""); err != nil || got.Version != 1 {
+					t.Fatalf("the run expired while loaded: %+v %v", got, err)
+				}
+			}
+			owner, err := r.ClaimRun(ctx, runB, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := r.Commit(ctx, runA, st("b", 0), Limits{}, ttl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cluster {
+				if owner != runA.Agent || res.Outcome != Committed {
+					t.Errorf("single node: claim by another agent = %q, then commit %v %q; want %q and committed", owner, res.Outcome, res.Limit, runA.Agent)
+				}
+				return
+			}
+			if owner != runB.Agent || res.Outcome != Refused || res.Limit != RunOwned {
+				t.Errorf("cluster: claim by another agent = %q, then commit %v %q; want %q and refused %q", owner, res.Outcome, res.Limit, runB.Agent, RunOwned)
+			}
+		})
+	}
+}
+
+// pttls returns the remaining lifetime of keys (-2 for a missing key).
+func pttls(t *testing.T, c redis.Cmdable, keys ...string) []time.Duration {
+	t.Helper()
+	out := make([]time.Duration, len(keys))
+	for i, k := range keys {
+		d, err := c.PTTL(context.Background(), k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = d
+	}
+	return out
+}
+
+// TestRedisLifetime holds the keys' TTLs to Memory's lifetimes (see
+// TestMemoryLifetime): a commit, a refusal (with its own ttl) and a Load
+// (with the last commit's ttl) extend every key of the run, never shortening
+// it; a duplicate or stale commit does not. On a single node the owner key
+// follows the run; on a Cluster a commit's claim keeps it longer.
+func TestRedisLifetime(t *testing.T) {
+	for _, cluster := range []bool{false, true} {
+		t.Run(clusterNames[cluster], func(t *testing.T) {
+			r, _ := countedStore(t, cluster)
+			var admin redis.Cmdable
+			if cluster {
+				admin = sharedCluster(t).Client(t)
+			} else {
+				admin = sharedNode(t).Client(t)
+			}
+			ctx := context.Background()
+			k := r.runKeys(runA)
+			mustCommit := func(s Step, lim Limits, ttl time.Duration, want Outcome) {
+				t.Helper()
+				if res, err := r.Commit(ctx, runA, s, lim, ttl); err != nil || res.Outcome != want {
+					t.Fatalf("commit %s: %v %v, want %v", s.RequestID, res.Outcome, err, want)
+				}
+			}
+			// near reports whether every d is within (want-slack, want].
+			near := func(ds []time.Duration, want time.Duration) bool {
+				for _, d := range ds {
+					if d > want || d < want-250*time.Millisecond {
+						return false
+					}
+				}
+				return true
+			}
+			mustCommit(st("a", 0, "fact"), Limits{AgentWindow: time.Hour}, 10*time.Second, Committed)
+			if got := pttls(t, admin, k.run[:4]...); !near(got, 10*time.Second) {
+				t.Errorf("run keys after a commit with ttl 10s: %v", got)
+			}
+			owner := pttls(t, admin, k.owner)[0]
+			if (!cluster && !near([]time.Duration{owner}, 10*time.Second)) || (cluster && !near([]time.Duration{owner}, clusterOwnerFactor*10*time.Second)) {
+				t.Errorf("owner key after the first commit: %v", owner)
+			}
+			if usage := pttls(t, admin, k.run[4])[0]; usage < 9*time.Second || usage > time.Hour {
+				t.Errorf("agent usage key lives %v, want the later of the window's end and the ttl", usage)
+			}
+
+			time.Sleep(400 * time.Millisecond)
+			before := pttls(t, admin, k.run[:4]...)
+			mustCommit(st("b", 0), Limits{MaxToolCalls: 1}, 10*time.Second, Refused)
+			if got := pttls(t, admin, k.run[:4]...); !near(got, 10*time.Second) {
+				t.Errorf("run keys after a refusal with ttl 10s: %v (before %v)", got, before)
+			}
+			if !cluster {
+				if got := pttls(t, admin, k.owner)[0]; !near([]time.Duration{got}, 10*time.Second) {
+					t.Errorf("owner key after a refusal: %v", got)
+				}
+			}
+			mustCommit(st("c", 0), Limits{MaxToolCalls: 1}, 30*time.Second, Refused)
+			if got := pttls(t, admin, k.run[:4]...); !near(got, 30*time.Second) {
+				t.Errorf("run keys after a refusal with ttl 30s: %v", got)
+			}
+			if _, err := r.Load(ctx, runA, ""); err != nil { // the last commit's 10s: shortens nothing
+				t.Fatal(err)
+			}
+			if got := pttls(t, admin, k.run[:4]...); !near(got, 30*time.Second) {
+				t.Errorf("run keys after a Load: %v, want the 30s of the refusal kept", got)
+			}
+
+			time.Sleep(400 * time.Millisecond)
+			before = pttls(t, admin, k.run[:4]...)
+			mustCommit(st("a", 0), Limits{}, time.Hour, Duplicate)
+			mustCommit(st("d", 0).withVersion(0), Limits{}, time.Hour, Stale)
+			if got := pttls(t, admin, k.run[:4]...); got[0] > before[0] {
+				t.Errorf("a duplicate or stale commit extended the run: %v, before %v", got, before)
+			}
+
+			k2 := r.runKeys(runA2)
+			if res, err := r.Commit(ctx, runA2, st("a", 0, "f"), Limits{}, 2*time.Second); err != nil || res.Outcome != Committed {
+				t.Fatalf("%v %v", res.Outcome, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+			if _, err := r.Load(ctx, runA2, ""); err != nil {
+				t.Fatal(err)
+			}
+			if got := pttls(t, admin, k2.run[:4]...); !near(got, 2*time.Second) {
+				t.Errorf("run keys after a Load: %v, want the 2s of the last commit", got)
+			}
+			if !cluster {
+				if got := pttls(t, admin, k2.owner)[0]; !near([]time.Duration{got}, 2*time.Second) {
+					t.Errorf("owner key after a Load: %v", got)
+				}
+			}
+		})
+	}
+}
+
+// TestRedisEveryKeyHasTTL scans a server the store wrote runs, agent usage,
+// owners, approvals and token ids to: every key must expire.
 func TestRedisEveryKeyHasTTL(t *testing.T) {
 	srv := redistest.StartServer(t)
 	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr()})
 	ctx := context.Background()
+	var many []string
+	for i := range 2 * MaxFacts {
+		many = append(many, "fact-"+strconv.Itoa(i))
+	}
+	lim := Limits{AgentWindow: time.Minute}
 	for i := range maxRequestIDs + 100 { // past maxRequestIDs, so request ids are evicted too
-		run := "run-0"
+		run := runA
 		if i%1000 == 0 {
-			run = "run-1"
+			run = runA2
 		}
-		step := Step{ExpectVersion: AnyVersion, RequestID: "req" + strconv.Itoa(i), Summary: StepSummary{Tool: "t", Risk: 0.001}}
-		if _, err := r.Commit(ctx, run, step, Limits{}, t0, time.Hour); err != nil {
+		if _, err := r.Commit(ctx, run, st("req"+strconv.Itoa(i), 0.001, many[i%len(many)]), lim, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := r.CreateApproval(ctx, Approval{ID: "a1", PlanHash: "h"}, time.Hour); err != nil {
+	if _, err := r.ClaimRun(ctx, runC, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.CreateApproval(ctx, Approval{ID: "a1", Binding: "h"}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.DecideApproval(ctx, "a1", true, "alice", "", t0); err != nil {
@@ -185,8 +455,9 @@ func TestRedisEveryKeyHasTTL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 2*4+4+1 {
-		t.Errorf("got %d keys, want 13: %v", len(keys), keys)
+	// 2 runs × 4, the agent's usage, 3 owners, 4 approval keys, 1 token id.
+	if len(keys) != 2*4+1+3+4+1 {
+		t.Errorf("got %d keys, want 17: %q", len(keys), keys)
 	}
 	for _, k := range keys {
 		ttl, err := c.PTTL(ctx, k).Result()
@@ -197,41 +468,50 @@ func TestRedisEveryKeyHasTTL(t *testing.T) {
 			t.Errorf("key %q has TTL %v, want within (0, 1h]", k, ttl)
 		}
 	}
-	n, err := c.HLen(ctx, r.runKeys("run-0")[2]).Result()
-	if err != nil || n != maxRequestIDs {
+	k := r.runKeys(runA)
+	if n, err := c.HLen(ctx, k.run[2]).Result(); err != nil || n != maxRequestIDs {
 		t.Errorf("request ids remembered = %d (%v), want %d", n, err, maxRequestIDs)
 	}
-	n, err = c.LLen(ctx, r.runKeys("run-0")[1]).Result()
-	if err != nil || n != Window {
-		t.Errorf("steps kept = %d (%v), want %d", n, err, Window)
+	if n, err := c.ZCard(ctx, k.run[1]).Result(); err != nil || n != MaxFacts {
+		t.Errorf("facts kept = %d (%v), want %d", n, err, MaxFacts)
 	}
 }
 
-// TestRedisClusterRunKeysShareASlot: the keys of one run (and the approval
-// keys) hash to one slot, and the run really lives on the cluster.
-func TestRedisClusterRunKeysShareASlot(t *testing.T) {
+// TestRedisClusterAgentKeysShareASlot: every key of all of an agent's runs and
+// the agent's usage hash to one slot, whatever bytes the ids hold, and no id
+// puts a brace in a key; the owner keys carry their own tag; the run really
+// lives on the cluster.
+func TestRedisClusterAgentKeysShareASlot(t *testing.T) {
 	cl := sharedCluster(t)
 	r := newRedisStore(t, RedisOptions{ClusterNodes: cl.Addrs()})
 	c := cl.Client(t)
 	ctx := context.Background()
-	for _, run := range []string{"a", "run-42", "x.y_z:w@v-1"} {
-		if _, err := r.Commit(ctx, run, Step{ExpectVersion: AnyVersion, RequestID: "r"}, Limits{}, t0, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-		keys := r.runKeys(run)
+	for _, agent := range []string{"a", "{agent}", "x}{y\x00"} {
 		slots := map[int64]bool{}
-		for _, k := range keys {
-			s, err := c.ClusterKeySlot(ctx, k).Result()
-			if err != nil {
-				t.Fatal(err)
+		for _, id := range []string{"a", "run-42", "{run}", "}", strings.Repeat("{", MaxIDLen-len(agent))} {
+			ref := RunRef{Agent: agent, ID: agent + id} // run ids are owned across agents: one set per agent
+			if res, err := r.Commit(ctx, ref, st("r", 0, "f"), Limits{AgentWindow: time.Hour}, time.Hour); err != nil || res.Outcome != Committed {
+				t.Fatalf("%+v: %v %v", ref, res.Outcome, err)
 			}
-			slots[s] = true
-			if n, err := c.Exists(ctx, k).Result(); err != nil || n != 1 {
-				t.Errorf("key %q exists = %d (%v)", k, n, err)
+			k := r.runKeys(ref)
+			for _, key := range append(k.run[:], k.owner) {
+				if strings.Count(key, "{") != 1 || strings.Count(key, "}") != 1 {
+					t.Errorf("key %q holds braces of an id", key)
+				}
+				if n, err := c.Exists(ctx, key).Result(); err != nil || n != 1 {
+					t.Errorf("key %q exists = %d (%v)", key, n, err)
+				}
+			}
+			for _, key := range k.run {
+				s, err := c.ClusterKeySlot(ctx, key).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				slots[s] = true
 			}
 		}
 		if len(slots) != 1 {
-			t.Errorf("run %q keys span slots %v", run, slots)
+			t.Errorf("agent %q: keys span slots %v", agent, slots)
 		}
 	}
 	slots := map[int64]bool{}
@@ -256,7 +536,7 @@ func TestRedisKillAndRestart(t *testing.T) {
 	srv := redistest.StartServer(t)
 	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr(), OpTimeout: 100 * time.Millisecond})
 	ctx := context.Background()
-	if _, err := r.Commit(ctx, "k", Step{ExpectVersion: AnyVersion, RequestID: "before"}, Limits{}, t0, time.Hour); err != nil {
+	if _, err := r.Commit(ctx, runA, Step{ExpectVersion: AnyVersion, RequestID: "before"}, Limits{}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 
@@ -276,7 +556,7 @@ func TestRedisKillAndRestart(t *testing.T) {
 				default:
 				}
 				cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-				res, err := r.Commit(cctx, "k", Step{ExpectVersion: AnyVersion, RequestID: "g" + strconv.Itoa(g) + "-" + strconv.Itoa(i)}, Limits{}, t0, time.Hour)
+				res, err := r.Commit(cctx, runA, Step{ExpectVersion: AnyVersion, RequestID: "g" + strconv.Itoa(g) + "-" + strconv.Itoa(i)}, Limits{}, time.Hour)
 				cancel()
 				if err != nil && res.Outcome != 0 {
 					bad.Add(1)
@@ -291,7 +571,7 @@ func TestRedisKillAndRestart(t *testing.T) {
 	for i := range 5 {
 		cctx, cancel := context.WithTimeout(ctx, deadline)
 		start := time.Now()
-		res, err := r.Commit(cctx, "k", Step{ExpectVersion: AnyVersion, RequestID: "down" + strconv.Itoa(i)}, Limits{}, t0, time.Hour)
+		res, err := r.Commit(cctx, runA, Step{ExpectVersion: AnyVersion, RequestID: "down" + strconv.Itoa(i)}, Limits{}, time.Hour)
 		took := time.Since(start)
 		cancel()
 		if err == nil || res.Outcome != 0 {
@@ -319,7 +599,7 @@ func TestRedisKillAndRestart(t *testing.T) {
 	for i := range 100 { // go-redis re-tests a failing pool about once a second
 		cctx, cancel := context.WithTimeout(ctx, deadline)
 		var res CommitResult
-		res, err = r.Commit(cctx, "k", Step{ExpectVersion: AnyVersion, RequestID: "after" + strconv.Itoa(i)}, Limits{}, t0, time.Hour)
+		res, err = r.Commit(cctx, runA, Step{ExpectVersion: AnyVersion, RequestID: "after" + strconv.Itoa(i)}, Limits{}, time.Hour)
 		cancel()
 		if err == nil {
 			// No persistence in the test server: the run starts over.
@@ -372,9 +652,9 @@ func TestRedisScriptFlushUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for i := range each {
 				req := strconv.Itoa(w) + "-" + strconv.Itoa(i)
-				_, err := r.Commit(ctx, "flush", Step{ExpectVersion: AnyVersion, RequestID: req}, Limits{}, t0, time.Hour)
+				_, err := r.Commit(ctx, runA, Step{ExpectVersion: AnyVersion, RequestID: req}, Limits{}, time.Hour)
 				if err == nil {
-					_, err = r.Load(ctx, "flush", req)
+					_, err = r.Load(ctx, runA, req)
 				}
 				if err != nil {
 					errs.Add(1)
@@ -392,9 +672,9 @@ func TestRedisScriptFlushUnderLoad(t *testing.T) {
 	if n == 0 {
 		t.Fatal("no SCRIPT FLUSH ran")
 	}
-	st, err := r.Load(ctx, "flush", "")
-	if err != nil || st.ToolCalls != workers*each {
-		t.Errorf("tool calls = %d (%v), want %d", st.ToolCalls, err, workers*each)
+	got, err := r.Load(ctx, runA, "")
+	if err != nil || got.ToolCalls != workers*each {
+		t.Errorf("tool calls = %d (%v), want %d", got.ToolCalls, err, workers*each)
 	}
 	t.Logf("%d SCRIPT FLUSHes during %d Commits", n, workers*each)
 }
@@ -428,15 +708,15 @@ func TestRedisDelayedReplyOneDebit(t *testing.T) {
 			admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 2 * time.Second})
 			t.Cleanup(func() { _ = admin.Close() })
 			ctx := context.Background()
-			if _, err := r.Commit(ctx, "slow", Step{ExpectVersion: AnyVersion, RequestID: "warm"}, Limits{}, t0, time.Hour); err != nil {
+			if _, err := r.Commit(ctx, runA, Step{ExpectVersion: AnyVersion, RequestID: "warm"}, Limits{}, time.Hour); err != nil {
 				t.Fatal(err)
 			}
 			if err := tc.block(ctx, admin); err != nil {
 				t.Fatal(err)
 			}
-			step := Step{ExpectVersion: AnyVersion, RequestID: "once", DecisionID: "d1", Summary: StepSummary{Risk: 0.25}}
+			step := Step{ExpectVersion: AnyVersion, RequestID: "once", DecisionID: "d1", Risk: 0.25}
 			cctx, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
-			_, err := r.Commit(cctx, "slow", step, Limits{}, t0, time.Hour)
+			_, err := r.Commit(cctx, runA, step, Limits{}, time.Hour)
 			cancel()
 			err0 := err
 			switch {
@@ -449,7 +729,7 @@ func TestRedisDelayedReplyOneDebit(t *testing.T) {
 			var res CommitResult
 			for range 100 {
 				cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-				res, err = r.Commit(cctx, "slow", step, Limits{}, t0, time.Hour)
+				res, err = r.Commit(cctx, runA, step, Limits{}, time.Hour)
 				cancel()
 				if err == nil {
 					break
@@ -463,15 +743,15 @@ func TestRedisDelayedReplyOneDebit(t *testing.T) {
 			if res.Outcome != Committed && res.Outcome != Duplicate {
 				t.Fatalf("retry outcome %v", res.Outcome)
 			}
-			st, err := r.Load(ctx, "slow", "once")
+			got, err := r.Load(ctx, runA, "once")
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.ToolCalls != 2 || st.RiskTotal != 0.25 {
-				t.Errorf("after the retry: tool calls %d, risk %v; want 2 and 0.25 (one debit)", st.ToolCalls, st.RiskTotal)
+			if got.ToolCalls != 2 || got.RiskTotal != 0.25 {
+				t.Errorf("after the retry: tool calls %d, risk %v; want 2 and 0.25 (one debit)", got.ToolCalls, got.RiskTotal)
 			}
-			if st.Prior == nil || st.Prior.DecisionID != "d1" {
-				t.Errorf("prior = %+v, want decision d1", st.Prior)
+			if got.Prior == nil || got.Prior.DecisionID != "d1" {
+				t.Errorf("prior = %+v, want decision d1", got.Prior)
 			}
 		})
 	}
@@ -494,7 +774,7 @@ func TestRedisACL(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			r := newRedisStore(t, tc.opts)
-			_, err := r.Commit(ctx, "acl", Step{ExpectVersion: AnyVersion, RequestID: name}, Limits{}, t0, time.Hour)
+			_, err := r.Commit(ctx, runA, Step{ExpectVersion: AnyVersion, RequestID: name}, Limits{}, time.Hour)
 			if (err == nil) != tc.ok {
 				t.Fatalf("Commit err = %v, want ok=%v", err, tc.ok)
 			}
