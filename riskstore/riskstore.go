@@ -51,7 +51,9 @@ type Limits struct {
 	MaxRisk            float64       // halt threshold: refuse a step that would take the total above it
 
 	// Agent budgets, across every run of the agent, per fixed window of
-	// AgentWindow aligned to the Unix epoch on the store's clock.
+	// AgentWindow (whole milliseconds, so the Redis script's arithmetic on its
+	// microsecond clock is exact) aligned to the Unix epoch on the store's
+	// clock.
 	AgentWindow        time.Duration
 	AgentMaxToolCalls  int64
 	AgentMaxCostMicros int64
