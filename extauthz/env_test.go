@@ -57,6 +57,20 @@ var testConfig = func() []byte {
     upstream: {address: fetch.internal, port: 8443, tls: true}
     destinations: [api.vendor.example]
     destination_args: [url]
+  - name: files.read
+    class: read
+    base_risk: 0.1
+    trust: internal
+    cost: 0
+    match: {host: files.internal, path_prefix: /read}
+    upstream: {address: files.internal, port: 8443, tls: true}
+  - name: files.admin
+    class: exec
+    base_risk: 0.9
+    trust: internal
+    cost: 0
+    match: {host: files.internal, path_prefix: /admin}
+    upstream: {address: files.internal, port: 8443, tls: true}
 agents:
   - id: doc-agent
     allowed_tools: [db.read, slack.post, web.fetch, llm.openai]
@@ -80,6 +94,21 @@ agents:
     allowed_tools: [docs.search]
     budgets: {}
     thresholds: {approval: 1000000000, halt: 2000000000}
+  - id: sticky-agent
+    allowed_tools: [db.read, docs.search, shell.exec]
+    budgets: {}
+    thresholds: {approval: 1000, halt: 2000}
+  - id: window-agent
+    allowed_tools: [db.read]
+    budgets: {max_tool_calls: 100}
+    agent_budgets: {window: 1h, max_tool_calls: 3}
+    thresholds: {approval: 100, halt: 200}
+  - id: scoped-agent
+    allowed_tools: [db.read, files.read]
+    budgets: {}
+    grants:
+      db.read: {scopes: [project.alpha], max_rows: 100}
+    thresholds: {approval: 100, halt: 200}
 `)...)
 }()
 
@@ -241,6 +270,16 @@ func (e *env) token(t testing.TB, agent, tool string, opts ...tokenOpt) string {
 		o(&req)
 	}
 	tok, _, err := capability.Mint(e.signer, req, e.clock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// tokenAt mints a token at another clock reading (a replica whose clock differs).
+func (e *env) tokenAt(t testing.TB, agent, tool string, at time.Time) string {
+	t.Helper()
+	tok, _, err := capability.Mint(e.signer, capability.MintRequest{Issuer: testIssuer, Audience: testAudience, Agent: agent, Tool: tool, PolicyVersion: "v1.0"}, at)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,6 +82,7 @@ func (e *EgressInspector) Inspect(p *plan.Plan, tool config.Tool, untrusted bool
 		Method: p.Method, Host: p.Headers["host"], Authority: p.Host, Path: path, RawQuery: query,
 		Headers: p.Headers, ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, Body: p.Body,
 		ToolClass: p.Route.ToolClass, RouteHost: routeHost, UntrustedContext: untrusted,
+		TrustFirstUserMessage: tool.TrustFirstUserMessage,
 	}
 	if len(p.Calls) > 0 {
 		req.Arguments = p.Calls[0].Arguments

@@ -46,9 +46,13 @@ type Request struct {
 	// nil, destination arguments are looked for in a JSON body instead.
 	Arguments []byte
 	// UntrustedContext is true when the caller's provenance labels mark the
-	// context that led to this call as untrusted: on an llm route every
-	// non-system message is then inspected for instruction injection.
+	// context that led to this call as untrusted.
 	UntrustedContext bool
+	// TrustFirstUserMessage: on an llm route, the route declares the first
+	// user message of a model call trusted (the end user's own words), so the
+	// context firewall does not inspect it for instruction injection unless
+	// UntrustedContext. Every other non-system message is inspected.
+	TrustFirstUserMessage bool
 }
 
 // Policy is the per-tool (and per-agent) egress configuration.

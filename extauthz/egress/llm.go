@@ -14,10 +14,16 @@ import (
 // tool_result blocks with nested content) request bodies into units, one per
 // system prompt or message, and decides each unit's provenance:
 //
-//   - untrusted: tool and function roles, tool_result / function_call_output /
-//     document blocks, and, when the caller's provenance labels mark the
-//     context untrusted (Request.UntrustedContext), every non-system unit;
-//   - trusted otherwise.
+//   - trusted: system and developer prompts (the agent's own instructions),
+//     and the first user message when the route declares it trusted
+//     (Request.TrustFirstUserMessage) and no provenance label marks the
+//     context untrusted;
+//   - untrusted: everything else — user and assistant messages included,
+//     because agents put retrieved text there and external context is
+//     adversarial by default (AISecOps principle 4.1). Tool and function roles,
+//     tool_result / function_call_output / document blocks are untrusted
+//     whatever the route says. Labels the agent writes can only make more of
+//     the context untrusted, never less.
 //
 // Untrusted units are inspected for instruction injection, through the same
 // canonical views as everything else. Secrets and PII in the prompt are found
@@ -100,9 +106,8 @@ func (s *scan) firewall(body []byte) error {
 		units = s.llmUnits(&lb, sum)
 	}
 	if units == nil {
-		// Not a body we understand: the whole of it is one unit, as trusted
-		// as the caller's labels say.
-		units = []unit{{role: "other", untrusted: s.req.UntrustedContext, text: body}}
+		// Not a body we understand: the whole of it is one untrusted unit.
+		units = []unit{{role: "other", untrusted: true, text: body}}
 	}
 	sum.Units = len(units)
 	for i, u := range units {
@@ -129,10 +134,18 @@ func (s *scan) firewall(body []byte) error {
 
 func (s *scan) llmUnits(lb *llmBody, sum *LLMSummary) []unit {
 	var units []unit
-	ctx := s.req.UntrustedContext
+	trustFirstUser := s.req.TrustFirstUserMessage && !s.req.UntrustedContext
+	sawUser := false
 	add := func(role string, untrusted bool, text []byte) {
 		role = knownRole(role)
-		units = append(units, unit{role: role, untrusted: untrusted || ctx && role != "system" && role != "developer", text: text})
+		switch {
+		case role == "system" || role == "developer":
+		case role == "user" && !sawUser && trustFirstUser:
+		default:
+			untrusted = true
+		}
+		sawUser = sawUser || role == "user"
+		units = append(units, unit{role: role, untrusted: untrusted, text: text})
 	}
 	path := s.req.Path
 	switch {

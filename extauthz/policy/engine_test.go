@@ -362,6 +362,10 @@ func TestForbiddenBuiltins(t *testing.T) {
 		"uuid.rfc4122":       `x := uuid.rfc4122("k")`,
 		"io.jwt.encode_sign": `x := io.jwt.encode_sign({"alg": "HS256"}, {}, {"kty": "oct", "k": "a2V5"})`,
 		"trace":              `x if trace("hi")`,
+		// JSON Schema references resolve file:// (and http://): a decision
+		// would depend on a file outside the bundle.
+		"json.match_schema":  `x := json.match_schema({}, {"$ref": "file:///etc/aisecops/schema.json"})`,
+		"json.verify_schema": `x := json.verify_schema({"$ref": "file:///etc/passwd"})`,
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {

@@ -84,6 +84,8 @@ func newDirectory(t testing.TB) *directory {
 		d.agents[a.ID] = a
 	}
 	d.agents["reader"] = config.Agent{ID: "reader", AllowedTools: []string{"db.read"}}
+	d.agents["granted"] = config.Agent{ID: "granted", AllowedTools: []string{"db.read"},
+		Grants: map[string]config.Grant{"db.read": {Scopes: []string{"project.alpha"}, MaxRows: 100, MaxCost: 0.5}}}
 	for _, tl := range f.Tools {
 		d.tools[tl.Name] = tl
 	}

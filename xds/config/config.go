@@ -84,6 +84,10 @@ type Tool struct {
 	Destinations []string `json:"destinations,omitempty"`
 	// DestinationArgs names the arguments that carry a destination (recipient, URL, channel).
 	DestinationArgs []string `json:"destination_args,omitempty"`
+	// TrustFirstUserMessage, on an llm route, declares the first user message
+	// of a model call trusted (the end user's own words). Every other message
+	// but the system prompt is untrusted context for the context firewall.
+	TrustFirstUserMessage bool `json:"trust_first_user_message,omitempty"`
 }
 
 // Match selects a tool's requests on the egress listener.
