@@ -226,7 +226,7 @@ func TestConstraintsOnEverythingTheUpstreamReads(t *testing.T) {
 		r    req
 		code string
 	}{
-		"upper-case keys": {base(`{"tool":"db.read","arguments":{"TABLE":"tenant.other.payroll"}}`), "token_scope"},
+		"upper-case keys":  {base(`{"tool":"db.read","arguments":{"TABLE":"tenant.other.payroll"}}`), "token_scope"},
 		"upper-case limit": {base(`{"tool":"db.read","arguments":{"LIMIT":100000}}`), "token_constraint"},
 		"tool-native body": {base(`{"table":"tenant.other.payroll","limit":5}`), "token_scope"},
 		"nested value":     {base(`{"query":{"from":{"Table":"tenant.other.payroll"}}}`), "token_scope"},
