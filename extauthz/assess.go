@@ -22,25 +22,30 @@ type RunView struct {
 // loadRun: Principal → RunView, from this replica's cache when it holds the
 // run, else from the store. prior is set when the store has already committed
 // this very request (an Envoy retry).
-func (s *Server) loadRun(ctx context.Context, who *Principal, now time.Time) (RunView, *riskstore.Prior, *reason.Error) {
-	if st, ok := s.runs.get(who.Run, now); ok {
+func loadRun(ctx context.Context, rs RunStore, cache *runCache, who *Principal, now time.Time) (RunView, *riskstore.Prior, error) {
+	if st, ok := cache.get(who.Run, now); ok {
 		return RunView{State: st, Cached: true}, nil, nil
 	}
-	return s.readRun(ctx, who, now)
+	return readRun(ctx, rs, cache, who, now)
 }
 
-// readRun reads the run from the store.
-func (s *Server) readRun(ctx context.Context, who *Principal, now time.Time) (RunView, *riskstore.Prior, *reason.Error) {
-	st, err := s.cfg.Store.Load(ctx, who.Run, who.IdemKey)
+// readRun reads the run from the store and caches it.
+func readRun(ctx context.Context, rs RunStore, cache *runCache, who *Principal, now time.Time) (RunView, *riskstore.Prior, error) {
+	st, err := rs.Load(ctx, who.Run, who.IdemKey)
 	if err != nil {
-		s.metrics.storeErrors.WithLabelValues("load").Inc()
-		s.log.Warn("run state load failed", "run_id", who.Run.ID, "err", err)
-		return RunView{State: riskstore.State{Run: who.Run}}, nil, reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
+		return RunView{State: riskstore.State{Run: who.Run}}, nil, err
 	}
 	prior := st.Prior
 	st.Prior = nil
-	s.runs.put(who.Run, st, now)
+	cache.put(who.Run, st, now)
 	return RunView{State: st}, prior, nil
+}
+
+// storeFault turns a store error into the Check's denial, counted and logged.
+func (s *Server) storeFault(op string, run riskstore.RunRef, err error, msg string) *reason.Error {
+	s.metrics.storeErrors.WithLabelValues(op).Inc()
+	s.log.Warn("store "+op+" failed; denying", "run_id", run.ID, "err", err)
+	return reason.Wrap(reason.StoreUnavailable, err, "%s", msg)
 }
 
 // Assessment is the step's place in its run: the limits that apply, the

@@ -58,7 +58,7 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 			if err.Code == reason.TokenReplayed && o.who.IdemKey != "" {
 				// Envoy retrying a call this token already made is answered
 				// as the first time, not as a replay.
-				if _, prior, rerr := s.readRun(ctx, o.who, o.now); rerr == nil && prior != nil {
+				if _, prior, rerr := readRun(ctx, s.cfg.Store, s.runs, o.who, o.now); rerr == nil && prior != nil {
 					o.retried(prior)
 					return false, nil
 				}
@@ -83,9 +83,9 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 // means deciding again; a committed request id is answered as before.
 func (s *Server) confirm(ctx context.Context, o *outcome) (moved bool, _ *reason.Error) {
 	version := o.run.State.Version
-	rv, prior, err := s.readRun(ctx, o.who, o.now)
+	rv, prior, err := readRun(ctx, s.cfg.Store, s.runs, o.who, o.now)
 	if err != nil {
-		return false, err
+		return false, s.storeFault("load", o.who.Run, err, "run state unavailable")
 	}
 	o.run = rv
 	if prior != nil {
@@ -158,11 +158,16 @@ func (s *Server) commit(ctx context.Context, o *outcome, last bool) (again bool,
 	}
 	if err != nil {
 		s.runs.drop(run) // the run may have moved: read it next time
-		s.metrics.storeErrors.WithLabelValues("commit").Inc()
-		s.log.Warn("run state commit failed; denying", "decision_id", o.id, "run_id", run.ID, "err", err)
-		return false, reason.Wrap(reason.StoreUnavailable, err, "run state unavailable")
+		return false, s.storeFault("commit", run, err, "run state unavailable")
 	}
 	s.runs.put(run, res.State, o.now)
+	return o.settle(res)
+}
+
+// settle records a commit's result in the outcome: a receipt, a re-decision
+// on the state the store returned, or the store's refusal as a denial.
+func (o *outcome) settle(res riskstore.CommitResult) (again bool, _ *reason.Error) {
+	a := o.assessment
 	switch res.Outcome {
 	case riskstore.Committed:
 		o.receipt.Committed, o.receipt.RiskTotal = true, res.State.RiskTotal

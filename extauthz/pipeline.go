@@ -131,8 +131,11 @@ func (s *Server) run(ctx context.Context, o *outcome, req *envoy_service_auth_v3
 	if o.stage("egress", err) {
 		return
 	}
-	rv, prior, err := s.loadRun(ctx, who, o.now)
+	rv, prior, lerr := loadRun(ctx, s.cfg.Store, s.runs, who, o.now)
 	o.run = rv
+	if lerr != nil {
+		err = s.storeFault("load", who.Run, lerr, "run state unavailable")
+	}
 	if o.stage("run_state", err) {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -177,8 +178,6 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 		Committed:         o.receipt.Committed,
 		LatencyUS:         latency.Microseconds(),
 		ContextProvenance: []audit.Provenance{},
-		Reasons:           make([]audit.Reason, 0, len(v.Reasons)),
-		ControlIDs:        []string{},
 		EgressFindings:    o.findings.List,
 		BudgetConsumption: map[string]float64{},
 	}
@@ -218,14 +217,20 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 			r.BudgetConsumption = a.Consumption
 		}
 	}
-	seen := map[string]bool{}
-	for _, rs := range v.Reasons {
-		r.Reasons = append(r.Reasons, audit.Reason(rs))
-		if rs.ControlID != "" && !seen[rs.ControlID] {
-			seen[rs.ControlID] = true
-			r.ControlIDs = append(r.ControlIDs, rs.ControlID)
+	r.Reasons, r.ControlIDs = auditReasons(v.Reasons)
+	return r
+}
+
+// auditReasons are the decision's reasons as the audit record keeps them, and
+// the sorted, distinct controls they enforce.
+func auditReasons(rs []policy.Reason) ([]audit.Reason, []string) {
+	reasons, controls := make([]audit.Reason, 0, len(rs)), []string{}
+	for _, x := range rs {
+		reasons = append(reasons, audit.Reason(x))
+		if x.ControlID != "" && !slices.Contains(controls, x.ControlID) {
+			controls = append(controls, x.ControlID)
 		}
 	}
-	sort.Strings(r.ControlIDs)
-	return r
+	sort.Strings(controls)
+	return reasons, controls
 }
