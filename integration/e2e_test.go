@@ -876,6 +876,7 @@ func TestEndToEndThroughRealEnvoy(t *testing.T) {
 // the bootstrap the real-Envoy scenarios run from passes Envoy's own API
 // validation and sends every route where the harness sends it.
 func TestEnvoyBootstrapForTestPorts(t *testing.T) {
+	t.Parallel()
 	f, err := config.Parse("routes.yaml", fmt.Appendf(nil, routesTemplate, "127.0.0.1:9191", maxBody, 8080))
 	if err != nil {
 		t.Fatal(err)
