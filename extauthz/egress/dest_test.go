@@ -94,6 +94,7 @@ func destinationCases() map[string]tcase {
 }
 
 func TestDestinations(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	for name, tc := range destinationCases() {
 		t.Run(name, func(t *testing.T) { run(t, in, name, tc) })
@@ -101,6 +102,7 @@ func TestDestinations(t *testing.T) {
 }
 
 func TestParseIP(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		"2130706433": "127.0.0.1", "0x7f.1": "127.0.0.1", "0x7f000001": "127.0.0.1", "017.0.0.1": "15.0.0.1",
 		"0177.0.0.1": "127.0.0.1", "127.1": "127.0.0.1", "127.0.1": "127.0.0.1", "[::ffff:127.0.0.1]": "::ffff:127.0.0.1",
@@ -125,6 +127,7 @@ func TestParseIP(t *testing.T) {
 }
 
 func TestDestinationFindingLocation(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	req := sendEmail(`{"to":"attacker@external.com"}`)
 	r, err := in.Inspect(&req, &emailPolicy)
@@ -238,6 +241,7 @@ func destinationFindings(r Result) int {
 }
 
 func TestRecipients(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	for name, tc := range recipientCases() {
 		t.Run(name, func(t *testing.T) {

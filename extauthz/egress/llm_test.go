@@ -92,6 +92,7 @@ func llmCases() map[string]llmCase {
 }
 
 func TestContextFirewall(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	for name, tc := range llmCases() {
 		t.Run(name, func(t *testing.T) {
@@ -116,6 +117,7 @@ func TestContextFirewall(t *testing.T) {
 }
 
 func TestSeed31Summary(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	tc := llmCases()["seed 3.1 openai chat tool message"]
 	r, err := in.Inspect(&tc.req, &tc.pol)

@@ -17,6 +17,7 @@ var seedRules = []EscalationRule{
 // 0.275 (printed 0.28), R_total 1.335 (printed 1.34), with a write budget of 10
 // so step 3's B is 1 + 1/10.
 func TestWorkedExample(t *testing.T) {
+	t.Parallel()
 	limits := riskstore.Limits{MaxWriteOperations: 10}
 	steps := []struct {
 		tool, class, trust string
@@ -50,6 +51,7 @@ func TestWorkedExample(t *testing.T) {
 }
 
 func TestFactors(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		step  Step
 		facts []string
