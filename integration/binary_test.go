@@ -20,7 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// buildBinary builds cmd/aisecops once per test binary.
+// buildBinary builds cmd/aisecops into the test's temporary directory.
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "aisecops")

@@ -78,7 +78,8 @@ func newEmbedded(t testing.TB) *Engine {
 	return e
 }
 
-// TestEvalThreatClasses drives the seed's five threat classes (section 3)
+// TestEvalThreatClasses drives the AISecOps specification's five threat
+// classes (v1.0, section 3)
 // through the Go engine and the bundled policy.
 func TestEvalThreatClasses(t *testing.T) {
 	t.Parallel()
@@ -173,11 +174,12 @@ func TestEvalApprovalObligation(t *testing.T) {
 	}
 }
 
-// TestSeedWorkedExample pins the seed's section-8 chain under its approval
-// threshold of 1.2: risk is compared including the step being decided
-// (0.10, 1.06, 1.335), so the approval falls on step 3, not step 2 as the
-// seed's prose says (DESIGN §5).
-func TestSeedWorkedExample(t *testing.T) {
+// TestWorkedExample pins the chain of the AISecOps specification's worked
+// example (v1.0, section 8) under its approval threshold of 1.2: risk is
+// compared including the step being decided (0.10, 1.06, 1.335), so the
+// approval falls on step 3, not step 2 as the specification's prose says (its
+// own numbers give 1.06 after step 2).
+func TestWorkedExample(t *testing.T) {
 	t.Parallel()
 	e := newEmbedded(t)
 	read := risk.FactStep("read", "internal")
