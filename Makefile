@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BENCH    ?= .
 
-.PHONY: run test check fmt vet fuzz bench build
+.PHONY: run test check fmt vet tidy lint fuzz bench build
 
 run: ## start `aisecops all` on the embedded default
 	$(GO) run ./cmd/aisecops all
@@ -20,7 +20,16 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-check: fmt vet test
+# go.mod and go.sum must be what `go mod tidy` would write, so a diff shows every
+# dependency change the code made.
+tidy:
+	$(GO) mod tidy -diff
+
+# staticcheck is a tool dependency in go.mod, so its version is pinned with the rest.
+lint:
+	$(GO) tool staticcheck ./...
+
+check: fmt vet tidy lint test
 
 # Each fuzz target runs for FUZZTIME (go test runs one -fuzz target at a time).
 fuzz: ## every fuzz target, FUZZTIME each

@@ -11,6 +11,7 @@ import (
 // plane imports no authz code, the authz stages do not reach back into the
 // server that runs them, and integration talks to the system over the network.
 func TestDependencyDirection(t *testing.T) {
+	t.Parallel()
 	const mod = "github.com/aisecops/aisecops-envoy/"
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}{{range .TestImports}} {{.}}{{end}}`, "./...").CombinedOutput()
 	if err != nil {

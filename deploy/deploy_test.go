@@ -158,6 +158,7 @@ func compose(t *testing.T) obj {
 }
 
 func TestComposeFile(t *testing.T) {
+	t.Parallel()
 	c := compose(t)
 	if errs := checkCompose(c); len(errs) > 0 {
 		t.Fatal(errors.Join(errs...))
@@ -199,6 +200,7 @@ func TestComposeFile(t *testing.T) {
 // TestComposeWiring: the names in routes.yaml and envoy.yaml are compose
 // services listening where the other side dials.
 func TestComposeWiring(t *testing.T) {
+	t.Parallel()
 	services := compose(t)["services"].(obj)
 	f, err := config.Load("routes.yaml")
 	if err != nil {
@@ -265,6 +267,7 @@ func argsContain(v any, want string) bool {
 // TestEnvoyBootstraps: every Envoy bootstrap we ship for deployment passes
 // Envoy's API validation with every Any unpacked.
 func TestEnvoyBootstraps(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile("envoy.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -329,6 +332,7 @@ func kubeObjects(t *testing.T) []obj {
 }
 
 func TestKubernetesManifests(t *testing.T) {
+	t.Parallel()
 	objs := kubeObjects(t)
 	byKindName := map[string]obj{}
 	for _, m := range objs {
@@ -399,6 +403,7 @@ func subset(sel, labels obj) bool {
 // TestChecksCatchBrokenFiles keeps the shape checks honest: each broken input
 // must be reported.
 func TestChecksCatchBrokenFiles(t *testing.T) {
+	t.Parallel()
 	deployment := func() obj {
 		return obj{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": obj{"name": "d"},
 			"spec": obj{"selector": obj{"matchLabels": obj{"app": "a"}}, "template": obj{

@@ -61,6 +61,7 @@ func envoyYAMLs(t *testing.T) []string {
 }
 
 func TestShippedBootstrapsValidate(t *testing.T) {
+	t.Parallel()
 	files := envoyYAMLs(t)
 	if len(files) < 2 {
 		t.Fatalf("found %v, want at least envoy/bootstrap-ads.yaml and envoy/bootstrap-static.yaml", files)
@@ -79,6 +80,7 @@ func TestShippedBootstrapsValidate(t *testing.T) {
 }
 
 func TestBrokenBootstrapsAreCaught(t *testing.T) {
+	t.Parallel()
 	static, err := os.ReadFile("bootstrap-static.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -161,6 +163,9 @@ func staticBootstrap(t *testing.T) *envoy_config_bootstrap_v3.Bootstrap {
 // TestStaticBootstrapIsTheExample keeps bootstrap-static.yaml equal to what the
 // control plane would push for the bundled example (context extensions and
 // route versions included). Regenerate with `go test ./envoy -run Static -update`.
+//
+// Not parallel: with -update it rewrites bootstrap-static.yaml, which the
+// parallel tests read; sequential tests finish before parallel ones resume.
 func TestStaticBootstrapIsTheExample(t *testing.T) {
 	want := staticBootstrap(t)
 	if *update {
@@ -195,6 +200,7 @@ func TestStaticBootstrapIsTheExample(t *testing.T) {
 // TestGeneratedSnapshotsValidate runs every flavour of the example through the
 // same checks as the shipped YAML, plus the static-bootstrap form of it.
 func TestGeneratedSnapshotsValidate(t *testing.T) {
+	t.Parallel()
 	f, err := config.Load("")
 	if err != nil {
 		t.Fatal(err)
@@ -223,6 +229,7 @@ func TestGeneratedSnapshotsValidate(t *testing.T) {
 // normalises dot segments, merges slashes and rejects escaped slashes. Without
 // them /read/../admin matches a /read prefix route and reaches /admin upstream.
 func TestEveryHCMCanonicalisesPaths(t *testing.T) {
+	t.Parallel()
 	found := 0
 	check := func(where string, m proto.Message) {
 		t.Helper()

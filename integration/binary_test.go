@@ -20,7 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// buildBinary builds cmd/aisecops once per test binary.
+// buildBinary builds cmd/aisecops into the test's temporary directory.
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "aisecops")
@@ -34,6 +34,10 @@ func buildBinary(t *testing.T) string {
 // freeAddrs returns n distinct free loopback addresses. All n listeners are
 // held open until every address is known, so the kernel cannot hand the same
 // port out twice (closing each before taking the next did, once).
+//
+// Tests that hand these addresses to a child process do not run in parallel:
+// the ports are free only until the child binds them, and another test's
+// listener could take one in between.
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	addrs := make([]string, n)

@@ -42,10 +42,12 @@ import (
 	"github.com/aisecops/aisecops-envoy/xds/translate"
 )
 
-// The end-to-end scenarios of CHECKLIST "Envoy contract", run against the real
+// The end-to-end scenarios of the Envoy contract (what the service must do
+// with what Envoy sends it: timeouts, body limits, stripped headers, retries,
+// path normalisation), run against the real
 // `aisecops all` binary through a data plane built from the same translated
 // resources the control plane pushes: the Envoy-faithful harness always, and a
-// real Envoy when ENVOY_BIN names one (VERIFY.md §3 and §4).
+// real Envoy when ENVOY_BIN names one.
 
 // maxBody is the routes file's authz.max_request_bytes: small, so the 413
 // scenario needs no megabyte bodies.
@@ -339,7 +341,7 @@ type scenario struct {
 	run  func(t *testing.T, w *world, front string)
 }
 
-// scenarioTable is CHECKLIST "Envoy contract" as rows, shared by every data plane.
+// scenarioTable is the Envoy contract as rows, shared by every data plane.
 func scenarioTable() []scenario {
 	return []scenario{
 		{"allowed call reaches the tool without token or inputs", func(t *testing.T, w *world, front string) {
@@ -876,6 +878,7 @@ func TestEndToEndThroughRealEnvoy(t *testing.T) {
 // the bootstrap the real-Envoy scenarios run from passes Envoy's own API
 // validation and sends every route where the harness sends it.
 func TestEnvoyBootstrapForTestPorts(t *testing.T) {
+	t.Parallel()
 	f, err := config.Parse("routes.yaml", fmt.Appendf(nil, routesTemplate, "127.0.0.1:9191", maxBody, 8080))
 	if err != nil {
 		t.Fatal(err)

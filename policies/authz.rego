@@ -15,6 +15,9 @@
 # things up and compares. Keep it that way: this is the hot path of every Check.
 # Messages are shown to agents: never put input values (arguments, tokens,
 # matched secrets) into them.
+#
+# Sections "---- 3.x" follow the threat classes of the AISecOps v1.0
+# specification (section 3), each with the control it implements.
 package aisecops.authz
 
 import rego.v1
@@ -67,8 +70,8 @@ obligations.approval_consumed := input.approval.id if {
 	count(approval_reasons) > 0
 }
 
-# State-changing calls spend their capability token (DESIGN §4: jti single-use
-# where the policy says so).
+# State-changing calls spend their capability token: the server accepts a jti
+# named by this obligation only once.
 obligations.consume_jti := input.token.jti if {
 	decision == "allow"
 	single_use_token
@@ -298,7 +301,8 @@ deny_reasons contains {
 }
 
 # Document-level sensitivity (classification markers, contract clauses) bound
-# outside: seed 3.5's contract terms sent verbatim to a chat channel.
+# outside: the AISecOps specification's data-exfiltration case (v1.0, section
+# 3.5), contract terms sent verbatim to a chat channel.
 deny_reasons contains {
 	"code": "sensitive_egress",
 	"message": "confidential document content would leave the trust boundary",

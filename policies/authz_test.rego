@@ -1,5 +1,6 @@
 # Unit tests for authz.rego: every rule on its deny (or approval) path and on
-# its allow path, and the seed's worked example (section 8).
+# its allow path, and the worked example of the AISecOps specification's
+# risk aggregation model (v1.0, section 8).
 package aisecops.authz_test
 
 import rego.v1
@@ -332,19 +333,20 @@ test_budget_exceeded_denied if {
 	codes(res) == {"budget_exceeded"}
 }
 
-# The seed's worked example (section 8) with its approval threshold of 1.2.
-# Risk is compared including the step being decided: 0.10, 1.06, 1.335, so the
-# approval falls on step 3, not step 2 as the seed's prose says (DESIGN §5).
-seed_agent := {"agent": {"approval_threshold": 1.2, "halt_threshold": 2.0}}
+# The specification's worked example (v1.0, section 8) with its approval
+# threshold of 1.2. Risk is compared including the step being decided: 0.10,
+# 1.06, 1.335, so the approval falls on step 3, not step 2 as the
+# specification's prose says (its own numbers give 1.06 after step 2).
+worked_example_agent := {"agent": {"approval_threshold": 1.2, "halt_threshold": 2.0}}
 
-test_seed_step1_db_read_allowed if {
-	inp := object.union(with_input(seed_agent), {"risk": {"r_step": 0.2, "e": 1.0, "t": 0.5, "b": 1.0, "step": 0.1, "total_before": 0, "total": 0.1}})
+test_worked_example_step1_db_read_allowed if {
+	inp := object.union(with_input(worked_example_agent), {"risk": {"r_step": 0.2, "e": 1.0, "t": 0.5, "b": 1.0, "step": 0.1, "total_before": 0, "total": 0.1}})
 	res := authz.result with input as derive(inp)
 	res.decision == "allow"
 }
 
-test_seed_step2_send_email_allowed if {
-	inp := object.union(object.union(with_input(seed_agent), send_email), {
+test_worked_example_step2_send_email_allowed if {
+	inp := object.union(object.union(with_input(worked_example_agent), send_email), {
 		"risk": {"r_step": 0.4, "e": 1.2, "t": 2.0, "b": 1.0, "step": 0.96, "total_before": 0.1, "total": 1.06, "escalations": ["external_send_after_internal_read"]},
 		"run": {"tool_calls": 1, "facts": [internal_read_fact]},
 	})
@@ -352,8 +354,8 @@ test_seed_step2_send_email_allowed if {
 	res.decision == "allow"
 }
 
-test_seed_step3_db_write_needs_approval if {
-	inp := object.union(object.union(with_input(seed_agent), db_write), {
+test_worked_example_step3_db_write_needs_approval if {
+	inp := object.union(object.union(with_input(worked_example_agent), db_write), {
 		"risk": {"r_step": 0.5, "e": 1.0, "t": 0.5, "b": 1.1, "step": 0.275, "total_before": 1.06, "total": 1.335},
 		"run": {"tool_calls": 2, "facts": [internal_read_fact, "step:external_send:untrusted"]},
 	})
@@ -362,7 +364,7 @@ test_seed_step3_db_write_needs_approval if {
 	codes(res) == {"approval_required"}
 }
 
-test_seed_chain_default_thresholds_allowed if {
+test_worked_example_chain_default_thresholds_allowed if {
 	inp := with_input({"risk": {"total": 1.335}})
 	res := authz.result with input as derive(inp)
 	res.decision == "allow"

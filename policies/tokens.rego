@@ -1,4 +1,4 @@
-# The default capability-token issuance policy (POST /v1/tokens, DESIGN §4).
+# The default capability-token issuance policy (POST /v1/tokens).
 #
 # Query: data.aisecops.tokens.result
 #   {"decision": "allow" | "deny",

@@ -513,6 +513,7 @@ func runScenario(t *testing.T, s Store, ops []convOp) []opResult {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	scenarios := conformanceScenarios()
 	// The memory store is the reference; every other store must give its answers.
 	ref := make(map[string][]opResult)
@@ -542,6 +543,9 @@ func TestConformance(t *testing.T) {
 // to the epoch on the store's clock; usage of an older window reads as zero
 // with the current window's start. Real time: a short window, entered at its
 // start.
+//
+// Not parallel: both commits must land inside one 400ms window, too tight for a
+// CPU shared with the parallel tests.
 func TestConformanceAgentWindowRolls(t *testing.T) {
 	const w = 400 * time.Millisecond
 	lim := Limits{AgentWindow: w, AgentMaxToolCalls: 1}
@@ -581,6 +585,7 @@ func TestConformanceAgentWindowRolls(t *testing.T) {
 // TestConformanceInvalidRefs: every store refuses the same references and
 // accepts the same (any bytes, up to MaxIDLen).
 func TestConformanceInvalidRefs(t *testing.T) {
+	t.Parallel()
 	long := strings.Repeat("x", MaxIDLen+1)
 	bad := []RunRef{{}, {Agent: "a"}, {ID: "r"}, {Agent: long, ID: "r"}, {Agent: "a", ID: long}}
 	for _, kind := range storeKinds() {
@@ -609,6 +614,7 @@ func TestConformanceInvalidRefs(t *testing.T) {
 // TestConcurrentCommitsExactBudget: 200 concurrent Commits on one run with 10
 // calls of budget left → exactly 10 committed and the counter ends at the budget.
 func TestConcurrentCommitsExactBudget(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			s := kind.open(t, time.Now)
@@ -640,6 +646,7 @@ func TestConcurrentCommitsExactBudget(t *testing.T) {
 // one agent (first commits included) with an agent budget of 10 → exactly 10
 // committed, whichever runs they landed on.
 func TestConcurrentAgentBudgetAcrossRuns(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			s := kind.open(t, time.Now)
@@ -674,6 +681,7 @@ func TestConcurrentAgentBudgetAcrossRuns(t *testing.T) {
 // TestConcurrentFirstCommitsOneOwner: agents racing to open the same run id →
 // one of them owns it; every commit of the others is refused, RunOwned.
 func TestConcurrentFirstCommitsOneOwner(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			s := kind.open(t, time.Now)
@@ -743,6 +751,7 @@ func hammer(t *testing.T, n int, call func(i int) (CommitResult, error)) map[str
 // a run and commit at once → exactly one Committed; every other one is Stale
 // and carries the state that commit produced.
 func TestConcurrentCommitsSameVersion(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			s := kind.open(t, time.Now)
@@ -804,6 +813,7 @@ func TestConcurrentCommitsSameVersion(t *testing.T) {
 // again on the returned state, never calling Load. Every step lands once, with
 // the risk it was decided with, and the cumulative limit holds exactly.
 func TestConcurrentCommitsRetryOnStale(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			s := kind.open(t, time.Now)
@@ -863,6 +873,7 @@ func TestConcurrentCommitsRetryOnStale(t *testing.T) {
 // TestConformanceRejectsBadNumbers: values a store could not compare exactly
 // are errors in every store, never an outcome.
 func TestConformanceRejectsBadNumbers(t *testing.T) {
+	t.Parallel()
 	type tc struct {
 		step Step
 		lim  Limits
@@ -974,6 +985,7 @@ func approvalsTranscript(t *testing.T, s fullStore, clk *fakeClock) []string {
 }
 
 func TestConformanceApprovals(t *testing.T) {
+	t.Parallel()
 	var ref []string
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
@@ -997,6 +1009,7 @@ func TestConformanceApprovals(t *testing.T) {
 }
 
 func TestConformanceNonces(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			s := kind.open(t, time.Now)

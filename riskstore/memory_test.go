@@ -32,6 +32,7 @@ func checkHeap(t *testing.T, m *Memory) {
 // calls on other runs, sweepBatch per call, with their owners and agents'
 // usage, and live runs are kept.
 func TestMemorySweepsExpiredRuns(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: t0}
 	m := NewMemory(clk.Now)
 	ctx := context.Background()
@@ -99,6 +100,7 @@ func TestMemorySweepsExpiredRuns(t *testing.T) {
 // even before the sweep reaches it, and a commit expecting its old version is
 // stale.
 func TestMemoryExpiredRunStartsOver(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: t0}
 	m := NewMemory(clk.Now)
 	ctx := context.Background()
@@ -122,6 +124,7 @@ func TestMemoryExpiredRunStartsOver(t *testing.T) {
 // create runs (they used to stay forever: a run without an expiry), claim no
 // run id and count nothing against the agent.
 func TestMemoryUnCommittedRunsLeaveNothing(t *testing.T) {
+	t.Parallel()
 	m := NewMemory(nil)
 	ctx := context.Background()
 	for i := range 100 {
@@ -156,6 +159,7 @@ func alive(t *testing.T, s Store, run RunRef) bool {
 // duplicate or stale commit does not touch it. Its owner lives as long, and
 // another agent may take the run id once both are gone.
 func TestMemoryLifetime(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: t0}
 	m := NewMemory(clk.Now)
 	ctx := context.Background()
@@ -197,6 +201,7 @@ func TestMemoryLifetime(t *testing.T) {
 // it was counted in — zero, with the new window's start, once that window has
 // passed — and nothing once the usage has expired.
 func TestMemoryAgentUsageFollowsItsWindow(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: WindowStart(t0, time.Minute).Add(10 * time.Second)}
 	m := NewMemory(clk.Now)
 	ctx := context.Background()
@@ -242,6 +247,7 @@ func TestMemoryAgentUsageFollowsItsWindow(t *testing.T) {
 // sweep threshold, and the threshold follows the live count so a large live
 // set is not rescanned on every call.
 func TestMemoryNonceSweep(t *testing.T) {
+	t.Parallel()
 	clk := &fakeClock{t: t0}
 	m := NewMemory(clk.Now)
 	ctx := context.Background()

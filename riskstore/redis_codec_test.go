@@ -11,6 +11,7 @@ import (
 )
 
 func TestDecodePrior(t *testing.T) {
+	t.Parallel()
 	p, err := decodePrior("1.335|0.275|dec|with|bars")
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +60,7 @@ func replyOf(outcome, limit, calls, writes, cost, risk, start, facts, prior, now
 }
 
 func TestDecodeReply(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 123456000, time.UTC)
 	us := strconv.FormatInt(now.UnixMicro(), 10)
 	got, err := decodeReply(runA, replyOf("dup", "0", "3", "1", "-5", "0.30000000000000004", us, "a\nb", "0.3|0.1|d", us, "7", "9", us))

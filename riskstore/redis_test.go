@@ -18,6 +18,7 @@ import (
 )
 
 func TestNewRedisOptions(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		opts    RedisOptions
 		wantErr string
@@ -140,6 +141,7 @@ var clusterNames = map[bool]string{false: "redis", true: "cluster"}
 // the owner claim, the commit script again), and a first step that does not
 // commit two.
 func TestRedisOneRoundTripPerCall(t *testing.T) {
+	t.Parallel()
 	for _, cluster := range []bool{false, true} {
 		t.Run(clusterNames[cluster], func(t *testing.T) {
 			r, counter := countedStore(t, cluster)
@@ -215,6 +217,9 @@ func TestRedisOneRoundTripPerCall(t *testing.T) {
 // trip while its owner key is known to outlive it; when it no longer is, a
 // commit claims the owner again (three round trips) and the next ones are
 // one round trip again.
+//
+// Not parallel: it expects the owner key's TTL to fall below 1s after 1.2s of a
+// 2s lifetime, too tight for a CPU shared with the parallel tests.
 func TestRedisClusterOwnerRefresh(t *testing.T) {
 	r, counter := countedStore(t, true)
 	admin := sharedCluster(t).Client(t)
@@ -274,6 +279,9 @@ func TestRedisClusterOwnerRefresh(t *testing.T) {
 // owner on a single node (as in Memory). On a Cluster the owner key is not
 // refreshed by Loads; once it has expired another agent may claim the run id,
 // and the first agent is then refused (it fails closed).
+//
+// Not parallel: a 300ms TTL kept alive every 100ms leaves too little slack for
+// a CPU shared with the parallel tests.
 func TestRedisOwnerKeptAliveByLoads(t *testing.T) {
 	for _, cluster := range []bool{false, true} {
 		t.Run(clusterNames[cluster], func(t *testing.T) {
@@ -329,6 +337,9 @@ func pttls(t *testing.T, c redis.Cmdable, keys ...string) []time.Duration {
 // (with the last commit's ttl) extend every key of the run, never shortening
 // it; a duplicate or stale commit does not. On a single node the owner key
 // follows the run; on a Cluster a commit's claim keeps it longer.
+//
+// Not parallel: it reads TTLs against a 250ms slack, too tight for a CPU shared
+// with the parallel tests.
 func TestRedisLifetime(t *testing.T) {
 	for _, cluster := range []bool{false, true} {
 		t.Run(clusterNames[cluster], func(t *testing.T) {
@@ -421,6 +432,7 @@ func TestRedisLifetime(t *testing.T) {
 // TestRedisEveryKeyHasTTL scans a server the store wrote runs, agent usage,
 // owners, approvals and token ids to: every key must expire.
 func TestRedisEveryKeyHasTTL(t *testing.T) {
+	t.Parallel()
 	srv := redistest.StartServer(t)
 	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr()})
 	ctx := context.Background()
@@ -482,6 +494,7 @@ func TestRedisEveryKeyHasTTL(t *testing.T) {
 // puts a brace in a key; the owner keys carry their own tag; the run really
 // lives on the cluster.
 func TestRedisClusterAgentKeysShareASlot(t *testing.T) {
+	t.Parallel()
 	cl := sharedCluster(t)
 	r := newRedisStore(t, RedisOptions{ClusterNodes: cl.Addrs()})
 	c := cl.Client(t)
@@ -533,6 +546,7 @@ func TestRedisClusterAgentKeysShareASlot(t *testing.T) {
 // TestRedisKillAndRestart: a dead Redis fails a Commit within the caller's
 // deadline, never with an outcome; the same store works again after restart.
 func TestRedisKillAndRestart(t *testing.T) {
+	t.Parallel()
 	srv := redistest.StartServer(t)
 	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr(), OpTimeout: 100 * time.Millisecond})
 	ctx := context.Background()
@@ -621,6 +635,7 @@ func TestRedisKillAndRestart(t *testing.T) {
 // TestRedisScriptFlushUnderLoad: SCRIPT FLUSH while Commits run → no error
 // (EVALSHA falls back to EVAL on NOSCRIPT).
 func TestRedisScriptFlushUnderLoad(t *testing.T) {
+	t.Parallel()
 	srv := redistest.StartServer(t)
 	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr()})
 	admin := srv.Client(t)
@@ -682,6 +697,9 @@ func TestRedisScriptFlushUnderLoad(t *testing.T) {
 // TestRedisDelayedReplyOneDebit: the reply to a Commit is delayed past the
 // client's timeout (go-redis retries meanwhile, and stuck commands can run
 // late); the caller's retry with the same request id → exactly one debit.
+//
+// Not parallel: the Commit must reach Redis within a 400ms pause, too tight for
+// a CPU shared with the parallel tests.
 func TestRedisDelayedReplyOneDebit(t *testing.T) {
 	tests := map[string]struct {
 		block       func(ctx context.Context, admin *redis.Client) error
@@ -760,6 +778,7 @@ func TestRedisDelayedReplyOneDebit(t *testing.T) {
 // TestRedisACL: ACL user and password from the URL (or the options); a wrong
 // password fails without the password in the error.
 func TestRedisACL(t *testing.T) {
+	t.Parallel()
 	srv := redistest.StartServer(t, "--user", "default", "off", "--user", "authz", "on", ">s3cret-pw", "~*", "&*", "+@all")
 	ctx := context.Background()
 	tests := map[string]struct {
@@ -789,6 +808,7 @@ func TestRedisACL(t *testing.T) {
 }
 
 func TestRedisPingCluster(t *testing.T) {
+	t.Parallel()
 	r := newRedisStore(t, RedisOptions{ClusterNodes: sharedCluster(t).Addrs()})
 	if err := r.Ping(context.Background()); err != nil {
 		t.Fatal(err)

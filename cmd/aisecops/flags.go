@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// options are the common flags (DESIGN §1).
+// options are the flags common to the subcommands.
 type options struct {
 	home          string
 	config        string

@@ -1,5 +1,5 @@
 // Package audit owns the tamper-evident decision log: exactly one JSON line per
-// Check (DESIGN §7), each carrying the SHA-256 of the line before it, so an edit,
+// Check, each carrying the SHA-256 of the line before it, so an edit,
 // a deletion or a reordering breaks the chain that Verify walks. It never holds
 // a token, a raw argument value or a matched secret: only hashes and findings.
 package audit
@@ -47,7 +47,8 @@ type Provenance struct {
 	SourceHash string `json:"source_hash,omitempty"`
 }
 
-// Record is one audit line. Field names are the product contract (DESIGN §7).
+// Record is one audit line. Its field names are read by whatever ships and
+// queries the log, so renaming one is a breaking change.
 type Record struct {
 	TS                time.Time          `json:"ts"`
 	DecisionID        string             `json:"decision_id"`

@@ -20,6 +20,7 @@ func writeN(t *testing.T, l *Log, n int) {
 }
 
 func TestChainVerifies(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	l, err := Open(path, Options{Fsync: true})
 	if err != nil {
@@ -34,6 +35,7 @@ func TestChainVerifies(t *testing.T) {
 }
 
 func TestTamperingDetected(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	l, _ := Open(path, Options{})
 	writeN(t, l, 4)
@@ -57,6 +59,7 @@ func TestTamperingDetected(t *testing.T) {
 // TestTornTailRepaired: a crash mid-write leaves a partial last line; reopening
 // cuts it off and the chain continues from the last complete line.
 func TestTornTailRepaired(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	l, _ := Open(path, Options{})
 	writeN(t, l, 3)
@@ -80,6 +83,7 @@ func TestTornTailRepaired(t *testing.T) {
 }
 
 func TestConcurrentWritesKeepChain(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	l, _ := Open(path, Options{})
 	var wg sync.WaitGroup
@@ -95,6 +99,7 @@ func TestConcurrentWritesKeepChain(t *testing.T) {
 }
 
 func TestWriteFailureReported(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
 	l, _ := Open(path, Options{})
 	writeN(t, l, 1)

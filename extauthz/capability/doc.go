@@ -1,8 +1,9 @@
-// Package capability owns capability tokens (seed section 5.2 and 18, AIS-CAP-01/02):
-// verifying them (signature, algorithm, key selection, registered and capability
-// claims, lifetime), caching verified tokens, the key sources they are checked
-// against (static keys, a JWKS file, a JWKS URL), signing and minting them, and
-// verifying the workload credentials the token service accepts.
+// Package capability owns capability tokens (AISecOps v1.0, sections 5.2 and
+// 18; controls AIS-CAP-01/02): verifying them (signature, algorithm, key
+// selection, registered and capability claims, lifetime), caching verified
+// tokens, the key sources they are checked against (static keys, a JWKS file,
+// a JWKS URL), signing and minting them, and verifying the workload
+// credentials the token service accepts.
 //
 // It must not decide anything a policy decides (scope, run binding, single-use
 // jti bookkeeping, budgets) and must not read the request: callers hand it the raw

@@ -53,6 +53,7 @@ func writeFile(t testing.TB, path string, data []byte) {
 }
 
 func TestPublicJWKSRoundTrip(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	data := jwksOf(t, k.ed, k.ec, k.rsa)
 	got, err := ParseJWKS(data)
@@ -75,6 +76,7 @@ func TestPublicJWKSRoundTrip(t *testing.T) {
 }
 
 func TestParseJWKS(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	edX := b64.EncodeToString(k.ed.pub().(ed25519.PublicKey))
 	ecPt, _ := k.ec.pub().(*ecdsa.PublicKey).Bytes()
@@ -148,6 +150,7 @@ func TestParseJWKS(t *testing.T) {
 }
 
 func TestNewStaticKeysRejectsWeakAndOddKeys(t *testing.T) {
+	t.Parallel()
 	weak, err := rsa.GenerateKey(rand.Reader, 1024)
 	if err != nil {
 		t.Fatal(err)
@@ -174,6 +177,7 @@ func TestNewStaticKeysRejectsWeakAndOddKeys(t *testing.T) {
 }
 
 func TestJWKSFileRotation(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "jwks.json")
@@ -293,6 +297,7 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 func TestJWKSURL(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	ctx := context.Background()
 	srv := newJWKSServer(t, jwksOf(t, k.ed))
@@ -373,6 +378,7 @@ func TestJWKSURL(t *testing.T) {
 }
 
 func TestJWKSURLConcurrentUnknownKids(t *testing.T) {
+	t.Parallel()
 	// Many concurrent tokens with unknown kids cause one fetch, not one each.
 	k := testKeys()
 	srv := newJWKSServer(t, jwksOf(t, k.ed))
@@ -394,6 +400,7 @@ func TestJWKSURLConcurrentUnknownKids(t *testing.T) {
 }
 
 func TestNewJWKSURLConfig(t *testing.T) {
+	t.Parallel()
 	for _, u := range []string{"", "file:///etc/jwks.json", "/jwks.json", "https://"} {
 		if _, err := NewJWKSURL(JWKSURLConfig{URL: u}); err == nil {
 			t.Errorf("URL %q accepted", u)
@@ -409,6 +416,7 @@ func TestNewJWKSURLConfig(t *testing.T) {
 }
 
 func TestKeySources(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "jwks.json")
@@ -447,6 +455,7 @@ func TestKeySources(t *testing.T) {
 
 // The JWKS this package writes is plain RFC 7517 JSON another verifier can read.
 func TestPublicJWKSShape(t *testing.T) {
+	t.Parallel()
 	var set struct {
 		Keys []map[string]string `json:"keys"`
 	}

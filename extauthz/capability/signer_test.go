@@ -19,6 +19,7 @@ import (
 )
 
 func TestLoadOrCreateDevKey(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "home", ".aisecops", "dev-signing-key.pem")
 	s1, created, err := LoadOrCreateDevKey(path)
 	if err != nil {
@@ -70,6 +71,7 @@ func TestLoadOrCreateDevKey(t *testing.T) {
 }
 
 func TestLoadSignerFile(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	dir := t.TempDir()
 	pemOf := func(typ string, der []byte) []byte {
@@ -124,6 +126,7 @@ func mustDER(der []byte, err error) []byte {
 }
 
 func TestMintVerifyRoundTrip(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	ctx := context.Background()
 	keys := staticKeys(t)
@@ -173,6 +176,7 @@ func TestMintVerifyRoundTrip(t *testing.T) {
 }
 
 func TestMintRejects(t *testing.T) {
+	t.Parallel()
 	s := mustSigner(t, testKeys().ed)
 	ok := MintRequest{Issuer: "i", Audience: "a", Agent: "x", Tool: "t"}
 	tests := map[string]func(*MintRequest){
@@ -197,6 +201,7 @@ func TestMintRejects(t *testing.T) {
 }
 
 func TestDevKeyTokenVerifiesThroughPublishedJWKS(t *testing.T) {
+	t.Parallel()
 	// The flow `aisecops all` + `aisecops token` rely on: the dev key's public
 	// JWKS, read back as a JWKS file, verifies tokens minted with the dev key.
 	dir := t.TempDir()
@@ -224,6 +229,7 @@ func TestDevKeyTokenVerifiesThroughPublishedJWKS(t *testing.T) {
 }
 
 func TestWorkloadVerifier(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	ctx := context.Background()
 	const issuer, aud = "https://kubernetes.default.svc.cluster.local", "aisecops-token-service"

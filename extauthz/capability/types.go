@@ -2,7 +2,8 @@ package capability
 
 import "time"
 
-// Constraints narrow what a token allows (seed section 5.2).
+// Constraints narrow what a token allows (the token schema of AISecOps v1.0,
+// section 5.2).
 type Constraints struct {
 	MaxRows *int64   `json:"max_rows,omitempty"`
 	MaxCost *float64 `json:"max_cost,omitempty"`

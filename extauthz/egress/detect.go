@@ -110,7 +110,8 @@ func newMatcher() *matcher {
 		m.lits = append(m.lits, literal{lit: k, kind: kMarker, fam: mSensitive})
 	}
 	// Contract clause headings: minClauses distinct ones in contract context
-	// (a gate word) is what seed 3.5 calls contract terms in output.
+	// (a gate word) are the contract terms in output of the AISecOps
+	// specification's data-exfiltration case (section 3.5).
 	for i, k := range []string{"mnif" /* indemnif */, "iabilit" /* limitation of liability */, "rning law", "rminat" /* termination */, "jeure",
 		"ual property", "yment terms", "n-compete", "xclusiv", "quidated", "fidentialit", "rranties", "einafter"} {
 		m.lits = append(m.lits, literal{lit: k, fold: true, kind: kClause, fam: mSensitive, arg: i})

@@ -94,8 +94,9 @@ const (
 
 // DefaultMaxBodyBytes is the payload size per tool class above which a "size"
 // finding is raised. Reads and exec carry small requests; a large body there is
-// data leaving, not a query (seed 3.5: "output payloads disproportionately
-// large relative to task type").
+// data leaving, not a query (a data-exfiltration signal in the AISecOps
+// specification, v0.1 section 3.5: "output payloads disproportionately large
+// relative to task type").
 func DefaultMaxBodyBytes(class string) int {
 	switch class {
 	case "read", "exec":

@@ -149,6 +149,7 @@ func mcpCall(id int, args map[string]any) map[string]any {
 }
 
 func TestEncodings(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	values := map[string]string{"aws_access_key_id": awsKey, "email": email}
 	for enc, f := range encodings {
@@ -285,6 +286,7 @@ func nestB64(s string, n int) string {
 }
 
 func TestDetectors(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	for name, tc := range detectorCases() {
 		t.Run(name, func(t *testing.T) { run(t, in, name, tc) })
@@ -292,6 +294,7 @@ func TestDetectors(t *testing.T) {
 }
 
 func TestBatchLocation(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	tc := detectorCases()["json-rpc batch second element"]
 	r, _ := run(t, in, "batch", tc)
@@ -320,6 +323,7 @@ func multipartBody(t testing.TB, parts ...[2]string) ([]byte, string) {
 }
 
 func TestMultipart(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	b, ct := multipartBody(t, [2]string{"a", "hello"}, [2]string{"b", "key " + awsKey})
 	r, err := in.Inspect(&Request{Body: b, ContentType: ct, ToolClass: "write", RouteHost: "h", Authority: "h"}, nil)
@@ -397,6 +401,7 @@ func deflateBomb(t testing.TB, n int64) []byte {
 }
 
 func TestCompression(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	secret := []byte(`{"note":"key ` + awsKey + `"}`)
 	var zbuf bytes.Buffer
@@ -449,6 +454,7 @@ func TestCompression(t *testing.T) {
 // TestNoValueLeaks marshals the result and the error of every table case and
 // looks for each secret and its encodings.
 func TestNoValueLeaks(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	all := map[string]tcase{}
 	for k, v := range detectorCases() {
@@ -508,6 +514,7 @@ func digitsOnly(s string) string {
 }
 
 func TestHash(t *testing.T) {
+	t.Parallel()
 	a := newTestInspector(t, Limits{})
 	b, _ := NewInspector([]byte("another-key-of-16-bytes"), Limits{})
 	if h := a.hash([]byte(awsKey)); len(h) != 16 || h != a.hash([]byte(awsKey)) || h == b.hash([]byte(awsKey)) {
@@ -525,6 +532,7 @@ func TestHash(t *testing.T) {
 }
 
 func TestCountsAndDedup(t *testing.T) {
+	t.Parallel()
 	in := newTestInspector(t, Limits{})
 	// Written twice plainly, once escaped: two occurrences, one finding; the
 	// escaped copy is the same value and adds nothing.

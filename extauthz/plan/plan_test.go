@@ -57,6 +57,7 @@ const (
 var dangerousPlan = `{"tool":"db.read","arguments":{"pad":"` + strings.Repeat("x", 64) + `","sql":"DROP TABLE users"}}`
 
 func TestFromCheckRequestOK(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		req  *check
@@ -312,6 +313,7 @@ func TestFromCheckRequestOK(t *testing.T) {
 // upstream receives, minus the pseudo-headers, the capability token and the
 // x-aisecops-* inputs; repeated headers are joined as Envoy joins them.
 func TestHeadersForInspection(t *testing.T) {
+	t.Parallel()
 	r := newCheck().h("x-custom", "a").h("x-aisecops-trace-id", "t1").h("authorization", "Bearer abc.def.ghi")
 	got, err := FromCheckRequest(r.build(), Options{})
 	if err != nil {
@@ -328,6 +330,7 @@ func TestHeadersForInspection(t *testing.T) {
 }
 
 func TestFromCheckRequestRequestLineFallback(t *testing.T) {
+	t.Parallel()
 	// Envoy always fills the attribute fields; with no pseudo headers they are used.
 	req := newCheck().del(":authority").del(":path").del(":method").build()
 	hr := req.GetAttributes().GetRequest().GetHttp()
@@ -342,6 +345,7 @@ func TestFromCheckRequestRequestLineFallback(t *testing.T) {
 }
 
 func TestFromCheckRequestErrors(t *testing.T) {
+	t.Parallel()
 	big := strings.Repeat("a", 1<<20)
 	deep := strings.Repeat(`{"a":`, 65) + "1" + strings.Repeat("}", 65)
 	manyKeys := func(dupe string) string {
@@ -545,6 +549,8 @@ func TestFromCheckRequestErrors(t *testing.T) {
 
 // A huge bearer string must be refused without being copied or scanned: what
 // is allocated per check must not grow with the token.
+//
+// Not parallel: runtime.MemStats is process-wide, so other tests would add to it.
 func TestHugeBearerDoesNotCopy(t *testing.T) {
 	req := newCheck().h("authorization", "Bearer "+strings.Repeat("a", 1<<20)).build()
 	const runs = 20
@@ -596,6 +602,7 @@ var normalizePathCases = map[string]string{
 var badPaths = []string{"", "a", "/a%", "/a%g0", "/a b", "/a\x00", "/é", "/a\x7f"}
 
 func TestNormalizePath(t *testing.T) {
+	t.Parallel()
 	for in, want := range normalizePathCases {
 		got, err := NormalizePath(in)
 		if err != nil {
@@ -614,6 +621,7 @@ func TestNormalizePath(t *testing.T) {
 }
 
 func TestNormalizeHost(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"db.internal":        "db.internal",
 		"DB.Internal:8443":   "db.internal",
@@ -637,6 +645,7 @@ func TestNormalizeHost(t *testing.T) {
 }
 
 func TestCanonicalJSON(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in, want string
 		code     reason.Code
@@ -682,6 +691,7 @@ func TestCanonicalJSON(t *testing.T) {
 }
 
 func TestHash(t *testing.T) {
+	t.Parallel()
 	if Hash([]byte("ab"), []byte("c")) == Hash([]byte("a"), []byte("bc")) {
 		t.Error("Hash does not separate parts")
 	}
@@ -704,6 +714,7 @@ func TestHash(t *testing.T) {
 }
 
 func TestCheckTool(t *testing.T) {
+	t.Parallel()
 	plain := Route{Tool: "db.read"}
 	mcp := Route{Tool: "docs.search", MCPTools: []string{"search", "fetch_page"}}
 	tests := []struct {
@@ -739,6 +750,7 @@ func TestCheckTool(t *testing.T) {
 }
 
 func TestOptionsDefaults(t *testing.T) {
+	t.Parallel()
 	got := Options{MaxBodyBytes: -1, MaxJSONDepth: 3}.withDefaults()
 	want := Options{
 		MaxBodyBytes: DefaultMaxBodyBytes, MaxHeaderBytes: DefaultMaxHeaderBytes,

@@ -9,7 +9,7 @@ import (
 // forbiddenBuiltins are removed from the capabilities every bundle is compiled
 // with. They reach the network, read the clock or the runtime, or are random, so
 // a decision would no longer be a function of the input and the bundle, and an
-// audit record could not be replayed (CHECKLIST "Policy (OPA)"). A policy that
+// audit record could not be replayed. A policy that
 // calls one fails to compile; `with` cannot bring one back.
 var forbiddenBuiltins = map[string]bool{
 	"http.send":              true,

@@ -303,6 +303,6 @@ func denyFor(err error) Decision {
 }
 
 // EscalationRule is one rule of data.aisecops.escalation, read by the risk
-// calculator (DESIGN §5); it is the calculator's own type, so the server hands
+// calculator; it is the calculator's own type, so the server hands
 // the loaded rules over without converting them on every Check.
 type EscalationRule = risk.EscalationRule

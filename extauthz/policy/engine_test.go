@@ -78,9 +78,11 @@ func newEmbedded(t testing.TB) *Engine {
 	return e
 }
 
-// TestEvalThreatClasses drives the seed's five threat classes (section 3)
+// TestEvalThreatClasses drives the AISecOps specification's five threat
+// classes (v1.0, section 3)
 // through the Go engine and the bundled policy.
 func TestEvalThreatClasses(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	tests := []struct {
 		name     string
@@ -153,6 +155,7 @@ func TestEvalThreatClasses(t *testing.T) {
 }
 
 func TestEvalApprovalObligation(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	in := baseInput()
 	in.Risk.Total = 1.6
@@ -171,11 +174,13 @@ func TestEvalApprovalObligation(t *testing.T) {
 	}
 }
 
-// TestSeedWorkedExample pins the seed's section-8 chain under its approval
-// threshold of 1.2: risk is compared including the step being decided
-// (0.10, 1.06, 1.335), so the approval falls on step 3, not step 2 as the
-// seed's prose says (DESIGN §5).
-func TestSeedWorkedExample(t *testing.T) {
+// TestWorkedExample pins the chain of the AISecOps specification's worked
+// example (v1.0, section 8) under its approval threshold of 1.2: risk is
+// compared including the step being decided (0.10, 1.06, 1.335), so the
+// approval falls on step 3, not step 2 as the specification's prose says (its
+// own numbers give 1.06 after step 2).
+func TestWorkedExample(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	read := risk.FactStep("read", "internal")
 	send := risk.FactStep("external_send", "untrusted")
@@ -239,6 +244,7 @@ func wantCode(t *testing.T, d Decision, err error, code reason.Code) {
 // TestEvalPolicyError: anything but exactly one well-formed result denies with
 // policy_error.
 func TestEvalPolicyError(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"undefined decision": `other := 1` + "\n",
 		"conflicting outputs": `result := {"decision": "allow", "reasons": [], "obligations": {}} if input.request.method == "POST"
@@ -274,6 +280,7 @@ result := {"decision": "deny", "reasons": [{"code": "x", "message": "m"}], "obli
 // TestEvalStrictBuiltinErrorsMatter shows the runtime-error case above is a
 // real trap: the same policy without strict builtin errors would allow.
 func TestEvalStrictBuiltinErrorsMatter(t *testing.T) {
+	t.Parallel()
 	e, _ := newDir(t, policyWith(`default result := {"decision": "allow", "reasons": [], "obligations": {}}
 result := {"decision": "deny", "reasons": [{"code": "x", "message": "m"}], "obligations": {}} if lower(input.plan.arguments.to) == "a"
 `))
@@ -289,6 +296,7 @@ result := {"decision": "deny", "reasons": [{"code": "x", "message": "m"}], "obli
 }
 
 func TestEvalBadInput(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	tests := map[string]*Input{
 		"nil input": nil,
@@ -323,6 +331,8 @@ func TestEvalBadInput(t *testing.T) {
 
 // TestEvalTimeout: an evaluation past its deadline stops with policy_timeout
 // and leaves no goroutine behind.
+//
+// Not parallel: it counts the process's goroutines, which other tests start.
 func TestEvalTimeout(t *testing.T) {
 	// 9e6 iterations: seconds of work, interruptible between steps.
 	e, _ := newDir(t, policyWith(`result := {"decision": "allow", "reasons": [], "obligations": {}} if {
@@ -353,6 +363,7 @@ func TestEvalTimeout(t *testing.T) {
 // TestForbiddenBuiltins: a bundle calling a network, clock, random or runtime
 // builtin does not load, so the engine is not ready and denies.
 func TestForbiddenBuiltins(t *testing.T) {
+	t.Parallel()
 	calls := map[string]string{
 		"http.send":          `x := http.send({"method": "GET", "url": "http://169.254.169.254/"})`,
 		"net.lookup_ip_addr": `x := net.lookup_ip_addr("example.com")`,
@@ -388,6 +399,7 @@ func TestForbiddenBuiltins(t *testing.T) {
 }
 
 func TestNewNotReady(t *testing.T) {
+	t.Parallel()
 	tests := map[string]map[string]string{
 		"missing directory": nil,
 		"no policies":       {"data.json": `{}`},
@@ -447,6 +459,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value str
 // TestReload: a bad bundle keeps the last good one serving and is counted; a
 // good one swaps in.
 func TestReload(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	dir := writeBundle(t, map[string]string{
 		"authz.rego": "package aisecops.authz\n\n" + allowAll,
@@ -502,6 +515,7 @@ func TestReload(t *testing.T) {
 // TestWatch: a changed directory is picked up; a broken edit is reported once
 // and the last good bundle keeps serving.
 func TestWatch(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	dir := writeBundle(t, map[string]string{"authz.rego": "package aisecops.authz\n\n" + allowAll})
 	e, err := New(context.Background(), Options{Dir: dir, Registerer: reg})
@@ -543,6 +557,7 @@ func TestWatch(t *testing.T) {
 }
 
 func TestBundleData(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	want := []EscalationRule{
 		{Name: "external_send_after_internal_read", When: []string{"external_send"}, After: []string{"read"}, AfterTrust: []string{"internal"}, E: 1.2},
@@ -571,6 +586,7 @@ func TestBundleData(t *testing.T) {
 // TestMetricsRegistration: a second engine on the same registerer is an error,
 // not a panic.
 func TestMetricsRegistration(t *testing.T) {
+	t.Parallel()
 	reg := prometheus.NewRegistry()
 	if _, err := New(context.Background(), Options{Registerer: reg}); err != nil {
 		t.Fatal(err)
@@ -581,6 +597,7 @@ func TestMetricsRegistration(t *testing.T) {
 }
 
 func TestEmbeddedFilesNotModifiedByTests(t *testing.T) {
+	t.Parallel()
 	// Guard: the embedded bundle and the policies/ directory are the same files,
 	// so `opa test policies/` and RunTests("") test what ships.
 	a, err := RunTests(context.Background(), "")

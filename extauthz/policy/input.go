@@ -11,7 +11,7 @@ import (
 
 // Input is the document Rego sees as `input`. Arithmetic (risk, budget ratios)
 // and per-argument facts are computed in Go and passed in; Rego keeps to lookups
-// and decisions (OPA-NOTES: float math in Rego is slow). Time comes in here too:
+// and decisions, since float arithmetic in Rego is slow. Time comes in here too:
 // policies have no clock, so replaying an audit record gives the same decision.
 type Input struct {
 	Time       Time              `json:"time"`
@@ -101,7 +101,7 @@ type Token struct {
 	ExpiresNS     int64    `json:"exp_ns,omitempty"`
 }
 
-// Risk is the step's chain risk (DESIGN §5): step = r_step × e × t × b.
+// Risk is the step's chain risk: step = r_step × e × t × b.
 type Risk struct {
 	RStep       float64  `json:"r_step"`
 	E           float64  `json:"e"`
@@ -155,7 +155,7 @@ type Reason struct {
 	ControlID string `json:"control_id,omitempty"`
 }
 
-// Decision is the policy's decision document (DESIGN §3).
+// Decision is the policy's decision document, data.aisecops.authz.result.
 type Decision struct {
 	Decision    string         `json:"decision"` // allow | deny | require_approval
 	Reasons     []Reason       `json:"reasons"`

@@ -9,6 +9,7 @@ import (
 )
 
 func TestReadsArguments(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		body string
 		want bool
@@ -44,6 +45,7 @@ func TestReadsArguments(t *testing.T) {
 
 // TestArgumentsReachPolicy: a policy reading the arguments sees them.
 func TestArgumentsReachPolicy(t *testing.T) {
+	t.Parallel()
 	e, _ := newDir(t, policyWith(`default result := {"decision": "allow", "reasons": [], "obligations": {}}
 result := {"decision": "deny", "reasons": [{"code": "to", "message": "m"}], "obligations": {}} if "attacker@evil.example" in input.plan.arguments.to
 `))

@@ -10,7 +10,7 @@ import (
 )
 
 // decodeResult accepts exactly one result of the expected shape and nothing
-// else (OPA-NOTES: an undefined decision is an empty result set, not an error).
+// else (to OPA an undefined decision is an empty result set, not an error).
 // The check is strict on purpose: a typo in a policy ("decsion") must deny with
 // policy_error, not fall through to some default.
 func decodeResult(rs rego.ResultSet) (Decision, error) {

@@ -37,6 +37,7 @@ func tokenCodes(d TokenDecision) []string {
 
 // TestEvalTokenBundled drives the bundled tokens.rego through the Go engine.
 func TestEvalTokenBundled(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	tests := []struct {
 		name     string
@@ -120,6 +121,7 @@ func tokensPolicy(body string) map[string]string {
 // TestEvalTokenPolicyError: anything but exactly one well-formed result denies
 // with policy_error.
 func TestEvalTokenPolicyError(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"undefined":              "other := 1\n",
 		"not an object":          `result := "allow"` + "\n",
@@ -151,6 +153,7 @@ result := {"decision": "deny", "reasons": [{"code": "x"}]} if input.tool.known
 
 // TestEvalTokenWellFormed: the accepted shapes decode exactly.
 func TestEvalTokenWellFormed(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		body string
 		want TokenDecision
@@ -185,6 +188,7 @@ func TestEvalTokenWellFormed(t *testing.T) {
 // TestEvalTokenWithoutTokensPackage: a bundle written before tokens.rego still
 // loads and serves Checks; token requests deny with policy_error.
 func TestEvalTokenWithoutTokensPackage(t *testing.T) {
+	t.Parallel()
 	e, _ := newDir(t, policyWith(allowAll))
 	if d, err := e.Eval(context.Background(), baseInput()); err != nil || d.Decision != Allow {
 		t.Fatalf("Eval = %+v, %v", d, err)
@@ -194,6 +198,7 @@ func TestEvalTokenWithoutTokensPackage(t *testing.T) {
 }
 
 func TestEvalTokenBadInput(t *testing.T) {
+	t.Parallel()
 	e := newEmbedded(t)
 	nan := baseTokenInput()
 	nan.Tool.BaseRisk = math.NaN()
@@ -209,6 +214,7 @@ func TestEvalTokenBadInput(t *testing.T) {
 }
 
 func TestEvalTokenNotReady(t *testing.T) {
+	t.Parallel()
 	e, err := New(context.Background(), Options{Dir: t.TempDir()})
 	if err == nil {
 		t.Fatal("New on an empty directory succeeded")
@@ -219,6 +225,8 @@ func TestEvalTokenNotReady(t *testing.T) {
 
 // TestEvalTokenTimeout: an evaluation past its deadline stops with
 // policy_timeout and leaves no goroutine behind.
+//
+// Not parallel: it counts the process's goroutines, which other tests start.
 func TestEvalTokenTimeout(t *testing.T) {
 	e, _ := newDir(t, tokensPolicy(`result := {"decision": "allow", "reasons": []} if {
 	count([1 | some i in numbers.range(1, 3000); some j in numbers.range(1, 3000)]) > 0
@@ -258,6 +266,7 @@ func BenchmarkEvalToken(b *testing.B) {
 
 // TestRegoTokenUnitTestsRun guards that tokens_test.rego is found and passes.
 func TestRegoTokenUnitTestsRun(t *testing.T) {
+	t.Parallel()
 	results, err := RunTests(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 // TestRegoUnitTests runs the bundled Rego unit tests, so `go test` covers them.
 func TestRegoUnitTests(t *testing.T) {
+	t.Parallel()
 	results, err := RunTests(context.Background(), "")
 	for _, r := range results {
 		if !r.Pass {
@@ -25,6 +26,7 @@ func TestRegoUnitTests(t *testing.T) {
 // TestRegoUnitTestsUseRestrictedCapabilities: a Rego test calling a builtin
 // production refuses must not pass.
 func TestRegoUnitTestsUseRestrictedCapabilities(t *testing.T) {
+	t.Parallel()
 	dir := writeBundle(t, map[string]string{
 		"p.rego":      "package p\n\nx := 1\n",
 		"p_test.rego": "package p_test\n\nimport rego.v1\n\ntest_now if time.now_ns() > 0\n",
@@ -37,6 +39,7 @@ func TestRegoUnitTestsUseRestrictedCapabilities(t *testing.T) {
 
 // TestRegoUnitTestsReportFailures: a failing Rego test fails RunTests.
 func TestRegoUnitTestsReportFailures(t *testing.T) {
+	t.Parallel()
 	dir := writeBundle(t, map[string]string{
 		"p.rego":      "package p\n\nx := 1\n",
 		"p_test.rego": "package p_test\n\nimport rego.v1\n\ntest_ok if data.p.x == 1\n\ntest_bad if data.p.x == 2\n\ntest_strict if lower(input.x) == \"\" with input as {\"x\": [1]}\n",

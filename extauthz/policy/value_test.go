@@ -53,6 +53,7 @@ func fullInput() *Input {
 // document as the JSON round trip of Input, so policies see Input's JSON tags,
 // and replaying an audited input JSON evaluates the same.
 func TestInputValueMatchesJSON(t *testing.T) {
+	t.Parallel()
 	tests := map[string]*Input{
 		"full": fullInput(),
 		"omitempty fields empty": func() *Input {
@@ -82,6 +83,7 @@ func TestInputValueMatchesJSON(t *testing.T) {
 
 // TestInputValueNilCollections: nil slices and maps are empty, never null.
 func TestInputValueNilCollections(t *testing.T) {
+	t.Parallel()
 	in := &Input{}
 	v, err := inputValue(in, true)
 	if err != nil {
@@ -109,6 +111,7 @@ func TestInputValueNilCollections(t *testing.T) {
 }
 
 func TestFormatFloat(t *testing.T) {
+	t.Parallel()
 	for _, f := range []float64{0, 1, -1, 0.1, 1.335, 1e-7, 1e-6, 1e20, 1e21, 1.5e300, -2.5e-10, math.MaxFloat64, math.SmallestNonzeroFloat64} {
 		want, _ := json.Marshal(f)
 		if got := formatFloat(f); got != string(want) {

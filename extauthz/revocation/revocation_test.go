@@ -52,6 +52,7 @@ func newSet(t *testing.T, clk *clock, path string) *Set {
 }
 
 func TestRevokeJTI(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	s := newSet(t, clk, "")
 	wantRevoked(t, s, claims("j1", "a", t0), false)
@@ -82,6 +83,7 @@ func TestRevokeJTI(t *testing.T) {
 }
 
 func TestRevokeAgent(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	s := newSet(t, clk, "")
 	if _, err := s.RevokeAgent("agent-a", time.Time{}); err != nil { // before = now = t0
@@ -123,6 +125,7 @@ func TestRevokeAgent(t *testing.T) {
 }
 
 func TestMaxEntries(t *testing.T) {
+	t.Parallel()
 	s, err := New(Options{MaxEntries: 2, Clock: newClock(t0).now})
 	if err != nil {
 		t.Fatal(err)
@@ -152,6 +155,7 @@ func writeList(t *testing.T, path, body string) {
 }
 
 func TestFile(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "revocations.json")
 	writeList(t, path, `{"jtis":[{"jti":"file-jti"}],"agents":[{"agent_id":"file-agent","revoked_before":"2026-03-02T16:00:00Z"}]}`)
 	clk := newClock(t0)
@@ -214,6 +218,7 @@ func TestFile(t *testing.T) {
 }
 
 func TestList(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "revocations.json")
 	writeList(t, path, `{"jtis":[{"jti":"f2"},{"jti":"f1","expires_at":"2026-03-02T17:00:00Z"}],"agents":[{"agent_id":"fa","revoked_before":"2026-03-02T15:00:00Z"}]}`)
 	s := newSet(t, newClock(t0), path)
@@ -242,6 +247,7 @@ func TestList(t *testing.T) {
 // TestConcurrent: Check runs while writers and reloads swap snapshots (run
 // with -race).
 func TestConcurrent(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "revocations.json")
 	writeList(t, path, `{"jtis":[],"agents":[]}`)
 	s := newSet(t, newClock(t0), path)
@@ -275,6 +281,7 @@ func TestConcurrent(t *testing.T) {
 }
 
 func TestHandler(t *testing.T) {
+	t.Parallel()
 	clk := newClock(t0)
 	s := newSet(t, clk, "")
 	h := s.Handler("admin-secret")

@@ -15,7 +15,8 @@ import (
 	"github.com/aisecops/aisecops-envoy/riskstore"
 )
 
-// Trust multipliers (DESIGN §5).
+// Trust multipliers T of the chain-risk model: internal context halves a
+// step's risk, untrusted context doubles it.
 const (
 	TInternal  = 0.5
 	TNeutral   = 1.0
@@ -90,9 +91,9 @@ type Step struct {
 	Trust    string   // the route's trust: internal | neutral | untrusted
 	Labels   []string // provenance trust levels of the context behind the call
 	// Findings are the classes of the step's egress findings (secret, pii,
-	// sensitive, destination, injection, size). DESIGN §5 lets them raise the
-	// factors: injected instructions make the context untrusted (T = 2); data
-	// that should not leave escalates E (FindingE).
+	// sensitive, destination, injection, size). They may raise the factors:
+	// injected instructions make the context untrusted (T = 2); data that
+	// should not leave escalates E (FindingE).
 	Findings []string
 	// Consumption is each budget's consumption ratio including this step.
 	Consumption map[string]float64
@@ -172,7 +173,7 @@ func Trust(level string) float64 {
 }
 
 // LabelTrust maps a provenance label's trust_level to T. Unknown levels count as
-// untrusted: context is untrusted by default (seed principle 4.1).
+// untrusted: context is untrusted by default (AISecOps v1.0, principle 4.1).
 func LabelTrust(level string) float64 {
 	switch strings.ToLower(level) {
 	case "internal", "trusted", "verified", "system":
@@ -188,7 +189,7 @@ func LabelTrust(level string) float64 {
 func Untrusted(level string) bool { return LabelTrust(level) >= TUntrusted }
 
 // Consumption returns each budget's consumption ratio after committing a step
-// onto st (DESIGN §5: B = 1 + the largest ratio). Budgets with no limit are left out.
+// onto st; B is 1 + the largest of them. Budgets with no limit are left out.
 func Consumption(st riskstore.State, l riskstore.Limits, write bool, costMicros int64, elapsedNS int64) map[string]float64 {
 	c := make(map[string]float64, 4)
 	if l.MaxToolCalls > 0 {

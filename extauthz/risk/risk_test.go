@@ -8,15 +8,19 @@ import (
 	"github.com/aisecops/aisecops-envoy/riskstore"
 )
 
-var seedRules = []EscalationRule{
+// workedExampleRules are the escalations the worked example applies: step 2's
+// E = 1.2 for an external send after an internal read.
+var workedExampleRules = []EscalationRule{
 	{Name: "external_send_after_internal_read", When: []string{"external_send"}, After: []string{"read"}, AfterTrust: []string{"internal"}, E: 1.2},
 	{Name: "exec_after_internal_read", When: []string{"exec"}, After: []string{"read"}, AfterTrust: []string{"internal"}, E: 2.0},
 }
 
-// TestWorkedExample pins the seed's section 8 table: step risks 0.10, 0.96,
+// TestWorkedExample pins the worked example of the AISecOps specification's
+// risk aggregation model (v1.0, section 8): step risks 0.10, 0.96,
 // 0.275 (printed 0.28), R_total 1.335 (printed 1.34), with a write budget of 10
 // so step 3's B is 1 + 1/10.
 func TestWorkedExample(t *testing.T) {
+	t.Parallel()
 	limits := riskstore.Limits{MaxWriteOperations: 10}
 	steps := []struct {
 		tool, class, trust string
@@ -31,7 +35,7 @@ func TestWorkedExample(t *testing.T) {
 	var st riskstore.State
 	for i, s := range steps {
 		got := Compute(Step{BaseRisk: s.base, Class: s.class, Trust: s.trust,
-			Consumption: Consumption(st, limits, s.write, 0, 0)}, st.HasFact, seedRules)
+			Consumption: Consumption(st, limits, s.write, 0, 0)}, st.HasFact, workedExampleRules)
 		for name, pair := range map[string][2]float64{"r": {got.RStep, s.want.RStep}, "e": {got.E, s.want.E}, "t": {got.T, s.want.T}, "b": {got.B, s.want.B}, "step": {got.Step, s.want.Step}} {
 			if math.Abs(pair[0]-pair[1]) > 1e-9 {
 				t.Errorf("step %d %s: got %v, want %v", i+1, name, pair[0], pair[1])
@@ -50,6 +54,7 @@ func TestWorkedExample(t *testing.T) {
 }
 
 func TestFactors(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		step  Step
 		facts []string
@@ -84,7 +89,7 @@ func TestFactors(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got := Compute(tc.step, func(f string) bool { return slices.Contains(tc.facts, f) }, seedRules)
+			got := Compute(tc.step, func(f string) bool { return slices.Contains(tc.facts, f) }, workedExampleRules)
 			if math.Abs(got.Step-tc.want.Step) > 1e-9 || got.E != tc.want.E || got.T != tc.want.T || got.B != tc.want.B || len(got.Escalations) != len(tc.want.Escalations) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}

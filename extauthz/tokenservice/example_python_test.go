@@ -99,6 +99,7 @@ type recorded struct {
 // TestPythonAgent runs examples/python/agent.py against the real token
 // service handler and a fake Envoy in front of a recording upstream.
 func TestPythonAgent(t *testing.T) {
+	t.Parallel()
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Skip("python3 not installed")

@@ -76,6 +76,7 @@ func (ca *testCA) client(t *testing.T, cn string, uris ...string) tls.Certificat
 // TestClientCertificate runs the service behind a real TLS listener that
 // verifies client certificates against a test CA.
 func TestClientCertificate(t *testing.T) {
+	t.Parallel()
 	ca := newCA(t)
 	tests := []struct {
 		name      string

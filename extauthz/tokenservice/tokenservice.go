@@ -1,11 +1,11 @@
 // Package tokenservice owns the capability-token service, POST /v1/tokens
-// (DESIGN §4, AIS-CAP-01/02): a workload proves who it is (a JWT from a trusted
-// issuer such as a Kubernetes service-account token, or a client certificate
-// over mTLS), names the tool, scope, constraints, run and lifetime it wants, the
-// policy (data.aisecops.tokens.result) decides, and on allow the service signs
-// a short-lived capability token with a jti. Every request, issued or refused,
-// writes exactly one audit line; a request whose audit line cannot be written
-// gets no token.
+// (AISecOps controls AIS-CAP-01/02): a workload proves who it is (a JWT from a
+// trusted issuer such as a Kubernetes service-account token, or a client
+// certificate over mTLS), names the tool, scope, constraints, run and lifetime
+// it wants, the policy (data.aisecops.tokens.result) decides, and on allow the
+// service signs a short-lived capability token with a jti. Every request,
+// issued or refused, writes exactly one audit line; a request whose audit line
+// cannot be written gets no token.
 //
 // Who the caller is: with "Authorization: Bearer <JWT>", the credential alone
 // decides (a bad one is never rescued by a client certificate) and the agent id

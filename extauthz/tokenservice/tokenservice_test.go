@@ -22,6 +22,7 @@ import (
 // TestIssue drives POST /v1/tokens end to end: real keys, the real workload
 // verifier, the real OPA engine with the bundled tokens.rego, a real audit log.
 func TestIssue(t *testing.T) {
+	t.Parallel()
 	type bearerFunc func(t *testing.T, f *fixture) string
 	valid := func(name string) bearerFunc {
 		return func(t *testing.T, f *fixture) string { return f.workload(t, sa(name), t0.Add(-time.Minute), time.Hour) }
@@ -243,6 +244,7 @@ func auditCodes(r audit.Record) []string {
 
 // TestIssuedClaims: what the request asked for is what the token carries.
 func TestIssuedClaims(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, nil)
 	w := f.do(t, f.workload(t, sa("demo-agent"), t0, time.Hour),
 		`{"tool":"db.write","scope":"crm","run_id":"run-7","ttl":"3m","single_use":true,"constraints":{"max_rows":5,"max_cost":0.5,"expiry":"2026-03-02T16:02:00Z"}}`)
@@ -279,6 +281,7 @@ func TestIssuedClaims(t *testing.T) {
 // credential, and a workload credential is refused on the Check path, although
 // in development one key signs both.
 func TestTokenOnlyOnCheckPath(t *testing.T) {
+	t.Parallel()
 	dev := newSigner(t)
 	wv, err := DevWorkloadVerifier(dev)
 	if err != nil {
@@ -326,6 +329,7 @@ func TestTokenOnlyOnCheckPath(t *testing.T) {
 // TestKubernetesServiceAccountClaim: the agent is the kubernetes.io service
 // account when the credential carries one, and the namespace reaches the policy.
 func TestKubernetesServiceAccountClaim(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, nil)
 	sign := func(claims jwt.MapClaims) string {
 		tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims)
@@ -359,6 +363,7 @@ func TestKubernetesServiceAccountClaim(t *testing.T) {
 // demo-agent's tokens); one an agent lists among its workloads is, and the
 // policy's data.aisecops.token_workload_namespaces is a second line.
 func TestNamespaceRestriction(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	copyBundle(t, dir, map[string]string{"token_workload_namespaces": `["agents"]`})
 	e, err := policy.New(context.Background(), policy.Options{Dir: dir})
@@ -390,6 +395,7 @@ func TestNamespaceRestriction(t *testing.T) {
 
 // TestServiceFaults: policy and audit failures are 503s with no token.
 func TestServiceFaults(t *testing.T) {
+	t.Parallel()
 	noTokensRule := t.TempDir()
 	writeFile(t, noTokensRule, "authz.rego", "package aisecops.authz\n\nimport rego.v1\n\nresult := {\"decision\": \"allow\", \"reasons\": [], \"obligations\": {}}\n")
 	oldBundle, err := policy.New(context.Background(), policy.Options{Dir: noTokensRule})
@@ -427,6 +433,7 @@ func (brokenSigner) Sign(*capability.Claims) (string, error) { return "", os.Err
 // TestOneAuditLinePerRequest: a mixed sequence writes one line per request
 // and the hash chain verifies.
 func TestOneAuditLinePerRequest(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, nil)
 	good := f.workload(t, sa("reader"), t0, time.Hour)
 	reqs := []struct{ bearer, body string }{
@@ -457,6 +464,7 @@ func TestOneAuditLinePerRequest(t *testing.T) {
 }
 
 func TestMethodNotAllowed(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, nil)
 	w := httptest.NewRecorder()
 	f.handler.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v1/tokens", nil))
@@ -466,6 +474,7 @@ func TestMethodNotAllowed(t *testing.T) {
 }
 
 func TestTwoAuthorizationHeaders(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, nil)
 	good := f.workload(t, sa("reader"), t0, time.Hour)
 	r := httptest.NewRequest(http.MethodPost, "/v1/tokens", strings.NewReader(`{"tool":"db.read"}`))
@@ -479,6 +488,7 @@ func TestTwoAuthorizationHeaders(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
+	t.Parallel()
 	_, err := New(Config{MaxTTL: -1})
 	if err == nil {
 		t.Fatal("empty config accepted")
@@ -491,6 +501,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestMintDevWorkload(t *testing.T) {
+	t.Parallel()
 	dev := newSigner(t)
 	wv, err := DevWorkloadVerifier(dev)
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package envoyharness is a test instrument, not a data plane: a small HTTP
 // front that does what Envoy's ext_authz HTTP filter is documented to do, and
 // nothing more, so end-to-end scenarios can run on machines with no Envoy
-// binary (../shared/VERIFY.md §3). It takes its routes and filter settings from
+// binary. It takes its routes and filter settings from
 // Envoy's own protos — the resources the control plane pushes — and:
 //
 //   - matches the virtual host by Host/:authority and the route by path prefix

@@ -93,6 +93,9 @@ func next(t *testing.T, ch <-chan update) config.Agent {
 // TestBudgetChangeReachesSubscriber: a budget edited in the file reaches a
 // running subscriber; a refused update is NACKed (once, on the server) and the
 // subscriber survives a control-plane restart.
+//
+// Not parallel: it listens again on its first port after a restart, and a
+// parallel test's listener could take that port in between.
 func TestBudgetChangeReachesSubscriber(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -173,6 +176,7 @@ func sendEmail(t *testing.T, d *config.File) config.Tool {
 // no Envoy route carries — reaches a running subscriber, in the same update
 // (one resource, one version) as a budget edited with it.
 func TestToolChangeReachesSubscriber(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	path := t.TempDir() + "/routes.yaml"
@@ -221,6 +225,7 @@ func TestToolChangeReachesSubscriber(t *testing.T) {
 // refuses to build one) gets a NACK naming the field and carrying the last good
 // version, the callback never sees it, and the next good version applies.
 func TestInvalidDirectoryNACKedLastGoodKept(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	snapshots := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, gcplog.LoggerFuncs{})

@@ -161,7 +161,8 @@ type Thresholds struct {
 	Halt     float64 `json:"halt"`
 }
 
-// Default thresholds from the seed's section 8.
+// Default thresholds: the values the AISecOps specification recommends to start
+// from (v1.0, section 8), escalation to a human at 1.5 and halt at 2.0.
 const (
 	DefaultApproval = 1.5
 	DefaultHalt     = 2.0

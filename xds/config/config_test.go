@@ -12,6 +12,7 @@ import (
 // decodes to the same tools and agents as the whole file, with the same
 // defaults, and is refused for the same reasons, all reported at once.
 func TestParseDirectoryIsParseForToolsAndAgents(t *testing.T) {
+	t.Parallel()
 	f, err := Load("")
 	if err != nil {
 		t.Fatal(err)

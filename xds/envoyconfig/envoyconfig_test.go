@@ -23,6 +23,7 @@ func canonical() *hcm {
 }
 
 func TestCheckPathHandling(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		mutate func(h *hcm)
 		want   string // "" means accepted
@@ -61,6 +62,7 @@ func TestCheckPathHandling(t *testing.T) {
 // filter chain and api_listener are all found, so a test walking with it cannot
 // miss one a listener holds.
 func TestHTTPConnectionManagersFindsEveryOne(t *testing.T) {
+	t.Parallel()
 	pack := func(h *hcm) *anypb.Any {
 		a, err := anypb.New(h)
 		if err != nil {

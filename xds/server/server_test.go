@@ -157,6 +157,7 @@ func eventually(t testing.TB, d time.Duration, f func() error) {
 }
 
 func TestGRPCClientRoutesByPushedConfig(t *testing.T) {
+	t.Parallel()
 	a, b := backend(t, "A"), backend(t, "B")
 	p := startPlane(t, Options{})
 	if err := p.Apply(context.Background(), file(tool("general", "/", a), tool("special", "/svc.Special/", b))); err != nil {
@@ -191,6 +192,7 @@ func TestGRPCClientRoutesByPushedConfig(t *testing.T) {
 // (make-before-break) and then changes an endpoint, while RPCs run in a loop;
 // not one may fail.
 func TestGRPCClientFollowsUpdatesWithoutFailures(t *testing.T) {
+	t.Parallel()
 	a, b, c := backend(t, "A"), backend(t, "B"), backend(t, "C")
 	t.Logf("backends A=%d B=%d C=%d", a, b, c)
 	p := startPlane(t, Options{})
@@ -263,6 +265,7 @@ func TestGRPCClientFollowsUpdatesWithoutFailures(t *testing.T) {
 // ext_authz filter, unknown to gRPC, not marked optional) and checks that the
 // NACK is recorded once and the rejected version is not sent again.
 func TestNACKRecordedOnceAndNotResent(t *testing.T) {
+	t.Parallel()
 	a := backend(t, "A")
 	p := startPlane(t, Options{})
 	ctx := context.Background()
@@ -340,6 +343,7 @@ func mandatoryExtAuthz(t testing.TB, r *translate.Resources) *translate.Resource
 }
 
 func TestInvalidFileKeepsLastGoodSnapshot(t *testing.T) {
+	t.Parallel()
 	p := startPlane(t, Options{})
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -381,6 +385,7 @@ func TestInvalidFileKeepsLastGoodSnapshot(t *testing.T) {
 }
 
 func TestRolloutGroupsStageAndPromote(t *testing.T) {
+	t.Parallel()
 	a, b := backend(t, "A"), backend(t, "B")
 	p := startPlane(t, Options{Groups: map[string][]string{"canary": {"grpc-canary"}}, StagedRollout: true})
 	ctx := context.Background()
@@ -440,6 +445,7 @@ func value(c prometheus.Metric) float64 {
 }
 
 func TestWatchFileReloadsOnChange(t *testing.T) {
+	t.Parallel()
 	p := startPlane(t, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

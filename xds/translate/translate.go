@@ -48,7 +48,8 @@ import (
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
-// Envoy resource and filter names fixed by the product contract (DESIGN §8).
+// Envoy resource and filter names. The shipped bootstraps and deploy files
+// refer to them by these names, so they do not change.
 const (
 	ListenerName    = "aisecops-egress"
 	RouteConfigName = "aisecops-egress-routes"
@@ -59,7 +60,9 @@ const (
 	TLSSocket       = "envoy.transport_sockets.tls"
 )
 
-// Context extension keys carried on every route (DESIGN §2).
+// Context extension keys carried on every route. The authz server takes a
+// call's tool identity from them, never from the agent, and denies a Check
+// without them.
 const (
 	ExtTool         = "tool"
 	ExtToolClass    = "tool_class"

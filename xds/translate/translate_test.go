@@ -41,6 +41,7 @@ func mustAny(t testing.TB, m proto.Message) *anypb.Any {
 }
 
 func TestExampleTranslatesAndValidates(t *testing.T) {
+	t.Parallel()
 	for _, fl := range []Options{{}, {Flavour: FlavourGRPC, ListenerName: "db.internal"}, {IncludePeerCertificate: true}} {
 		t.Run(fl.Flavour.String(), func(t *testing.T) {
 			res, err := Translate(example(t), fl)
@@ -65,6 +66,7 @@ func TestExampleTranslatesAndValidates(t *testing.T) {
 }
 
 func TestExtAuthzFilterSettings(t *testing.T) {
+	t.Parallel()
 	res, err := Translate(example(t), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +104,7 @@ func TestExtAuthzFilterSettings(t *testing.T) {
 }
 
 func TestRoutesTable(t *testing.T) {
+	t.Parallel()
 	tool := func(name, host, prefix string, port uint32) config.Tool {
 		return config.Tool{Name: name, Class: config.ClassRead, BaseRisk: 0.2, Trust: config.TrustInternal, Cost: 0.01,
 			Match: config.Match{Host: host, PathPrefix: prefix}, Upstream: config.Upstream{Address: "10.0.0.1", Port: port}}
@@ -156,6 +159,7 @@ func TestRoutesTable(t *testing.T) {
 }
 
 func TestContextExtensions(t *testing.T) {
+	t.Parallel()
 	f := example(t)
 	mcp, _ := f.Tool("docs.search")
 	got := ContextExtensions(mcp)
@@ -172,6 +176,7 @@ func TestContextExtensions(t *testing.T) {
 }
 
 func TestVersionChangesWithContent(t *testing.T) {
+	t.Parallel()
 	f := example(t)
 	r1, err := Translate(f, Options{})
 	if err != nil {
@@ -188,6 +193,7 @@ func TestVersionChangesWithContent(t *testing.T) {
 }
 
 func TestTranslateErrors(t *testing.T) {
+	t.Parallel()
 	tests := map[string]func(f *config.File){
 		"duplicate match": func(f *config.File) { f.Tools[1].Match = f.Tools[0].Match },
 		"bad authz addr":  func(f *config.File) { f.Authz.Address = "nohostport" },
@@ -207,6 +213,7 @@ func TestTranslateErrors(t *testing.T) {
 }
 
 func TestReferenceCheckCatches(t *testing.T) {
+	t.Parallel()
 	tests := map[string]struct {
 		mutate func(r *Resources)
 		want   string
@@ -247,6 +254,7 @@ func TestReferenceCheckCatches(t *testing.T) {
 // resource exactly (every tool field included, so a narrowed destination
 // allowlist reaches replicas), and decoding refuses what the routes file would.
 func TestDirectoryRoundTrip(t *testing.T) {
+	t.Parallel()
 	f := example(t)
 	rt, err := DirectoryResource(f)
 	if err != nil {
@@ -321,6 +329,7 @@ func TestDirectoryRoundTrip(t *testing.T) {
 // holds them all in both flavours; and a change to a setting only authz reads
 // (a destination allowlist) changes the version.
 func TestDirectoryCarriesEveryTool(t *testing.T) {
+	t.Parallel()
 	f := example(t)
 	for _, o := range []Options{{}, {Flavour: FlavourGRPC, ListenerName: "db.internal"}} {
 		res, err := Translate(f, o)
@@ -360,6 +369,7 @@ func structpbNumber(v float64) *structpb.Value { return structpb.NewNumberValue(
 // slashes and rejects escaped slashes, and Validate refuses a listener whose HCM
 // does not (so the control plane never pushes one).
 func TestEveryHCMCanonicalisesPaths(t *testing.T) {
+	t.Parallel()
 	for _, o := range []Options{{}, {Flavour: FlavourGRPC, ListenerName: "db.internal"}} {
 		t.Run(o.Flavour.String(), func(t *testing.T) {
 			res, err := Translate(example(t), o)
