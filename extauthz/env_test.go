@@ -35,7 +35,7 @@ const (
 )
 
 // testConfig is the bundled example plus agents shaped for the tests: the
-// seed's worked example (approval 1.2, a write budget of 10 and nothing else,
+// AISecOps worked example of section 8 (approval 1.2, a write budget of 10 and nothing else,
 // so B is 1.0, 1.0, 1.1) and a tiny call budget.
 var testConfig = func() []byte {
 	withTools := strings.Replace(string(config.Example()), "\nagents:\n", `

@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are the Check path's Prometheus series (DESIGN §9). Labels carry
+// metrics are the Check path's Prometheus series (AISecOps v1.0, section 19: operational and security metrics). Labels carry
 // reason codes, tool names from the route and detector names: never values.
 type metrics struct {
 	decisions     *prometheus.CounterVec

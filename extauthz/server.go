@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -146,7 +147,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, errors.Join(append([]error{errors.New("extauthz: missing collaborators:")}, missing...)...)
+		return nil, fmt.Errorf("extauthz: missing collaborators: %w", errors.Join(missing...))
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -123,10 +123,10 @@ func TestMCPBodyNamingAnotherTool(t *testing.T) {
 	}
 }
 
-// TestWorkedExample follows the seed's section 8 table along one run and pins
-// DESIGN §5's reading: the cumulative risk including the step being decided is
+// TestWorkedExample follows AISecOps v1.0's section 8 table along one run and
+// pins our reading of it: the cumulative risk including the step being decided is
 // compared with the approval threshold (1.2 here), so the approval falls on
-// step 3 (1.335), not on step 2 (1.06) as the seed's prose says.
+// step 3 (1.335), not on step 2 (1.06) as the specification's prose says.
 func TestWorkedExample(t *testing.T) { forEachStore(t, testWorkedExample) }
 
 func testWorkedExample(t *testing.T, store envOption) {
@@ -260,7 +260,7 @@ func testExplainAndDryRunCommitNothing(t *testing.T, store envOption) {
 }
 
 // TestScenario31PromptInjection: an instruction injected into a retrieved
-// help article makes the agent email an external address (seed 3.1).
+// help article makes the agent email an external address (AISecOps v1.0, scenario 3.1).
 func TestScenario31PromptInjection(t *testing.T) { forEachStore(t, testScenario31PromptInjection) }
 
 func testScenario31PromptInjection(t *testing.T, store envOption) {
@@ -281,7 +281,7 @@ func testScenario31PromptInjection(t *testing.T, store envOption) {
 	}
 }
 
-// TestScenario32ToolAbuse: a read followed by shell.exec (seed 3.2).
+// TestScenario32ToolAbuse: a read followed by shell.exec (AISecOps v1.0, scenario 3.2).
 func TestScenario32ToolAbuse(t *testing.T) { forEachStore(t, testScenario32ToolAbuse) }
 
 func testScenario32ToolAbuse(t *testing.T, store envOption) {
@@ -308,7 +308,7 @@ func testScenario32ToolAbuse(t *testing.T, store envOption) {
 	}
 }
 
-// TestScenario34ChainEscalation: thousands of sends in one run (seed 3.4).
+// TestScenario34ChainEscalation: thousands of sends in one run (AISecOps v1.0, scenario 3.4).
 // Each send is individually permitted; the run is stopped by risk aggregation
 // and budgets long before it becomes mass communication.
 func TestScenario34ChainEscalation(t *testing.T) { forEachStore(t, testScenario34ChainEscalation) }
