@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -65,24 +63,9 @@ func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus
 	}
 	gs := grpc.NewServer()
 	srv.Register(gs)
-	lis, err := net.Listen("tcp", o.xdsAddr)
-	if err != nil {
-		return nil, fmt.Errorf("xds listen: %w", err)
+	if err := serveGRPC(ctx, "xDS control plane", o.xdsAddr, gs, log, start, nil); err != nil {
+		return nil, err
 	}
-	log.Info("xDS control plane listening", "addr", lis.Addr().String())
-	start("xds-grpc", func() error {
-		go func() {
-			<-ctx.Done()
-			stopped := make(chan struct{})
-			go func() { gs.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-time.After(5 * time.Second):
-				gs.Stop()
-			}
-		}()
-		return gs.Serve(lis)
-	})
 	status := func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

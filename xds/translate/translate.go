@@ -17,7 +17,6 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -230,16 +229,10 @@ func (r *Resources) hash() (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-// RouteVersion is the content hash of one tool's declaration; the authz server
-// records it in audit events so a decision names the route it was made under.
-func RouteVersion(t config.Tool) string {
-	b, err := json.Marshal(t)
-	if err != nil { // a config.Tool always marshals; keep the function total anyway
-		return "unknown"
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])[:12]
-}
+// RouteVersion is the content hash of one tool's declaration
+// (config.RouteVersion): the authz server records it in audit events so a
+// decision names the route it was made under.
+func RouteVersion(t config.Tool) string { return config.RouteVersion(t) }
 
 // ContextExtensions are the per-route ext_authz context extensions of a tool.
 func ContextExtensions(t config.Tool) map[string]string {
@@ -404,16 +397,9 @@ func routeConfiguration(tools []config.Tool, opts Options) (*envoy_config_route_
 	var errs []error
 	for _, h := range hosts {
 		ts := byHost[h]
-		// Most specific prefix first: Envoy takes the first match.
-		slices.SortFunc(ts, func(a, b config.Tool) int {
-			if c := cmp.Compare(len(b.Match.PathPrefix), len(a.Match.PathPrefix)); c != 0 {
-				return c
-			}
-			if c := cmp.Compare(a.Match.PathPrefix, b.Match.PathPrefix); c != 0 {
-				return c
-			}
-			return cmp.Compare(a.Name, b.Name)
-		})
+		// Most specific prefix first: Envoy takes the first match. The authz
+		// server's route table (config.RouteTable) uses the same order.
+		config.SortRoutes(ts)
 		vh := &envoy_config_route_v3.VirtualHost{Name: h, Domains: []string{h, h + ":*"}}
 		for i, t := range ts {
 			if i > 0 && ts[i-1].Match.PathPrefix == t.Match.PathPrefix {
