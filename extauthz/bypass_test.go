@@ -61,7 +61,7 @@ func testExplainNeverCommits(t *testing.T, store envOption) {
 		r.repeat = []*envoy_config_core_v3.HeaderValue{{Key: "x-trace", Value: "1"}} // forces header_map
 		return r
 	}
-	api := httptest.NewServer(httpapi.Handler(httpapi.Config{Explainer: e.srv, Approvals: e.store, AdminToken: "admin"}))
+	api := httptest.NewServer(httpapi.Handler(httpapi.Config{Explainer: e.srv, Approvals: e.store, Auth: adminAuth(t, "admin")}))
 	defer api.Close()
 	for i := range 20 {
 		r := send()
@@ -104,6 +104,16 @@ func testExplainNeverCommits(t *testing.T, store envOption) {
 	if resp := post(t, api.URL+"/v1/explain", "", []byte(`{}`)); resp.code != http.StatusUnauthorized {
 		t.Fatalf("anonymous explain: %d", resp.code)
 	}
+}
+
+// adminAuth accepts token as an admin credential.
+func adminAuth(t testing.TB, token string) *httpapi.Auth {
+	t.Helper()
+	st, err := httpapi.NewStaticTokens([]httpapi.Credential{{Name: "admin", TokenSHA256: httpapi.TokenSHA256(token), Roles: []string{httpapi.RoleAdmin}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &httpapi.Auth{Authenticators: []httpapi.Authenticator{st}}
 }
 
 type httpResult struct {

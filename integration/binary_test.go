@@ -113,7 +113,10 @@ func TestEmbeddedDefaultServesChecks(t *testing.T) {
 		t.Fatal("forged token allowed")
 	}
 
-	metrics := get(t, "http://"+httpAddr+"/metrics")
+	if resp, err := http.Get("http://" + httpAddr + "/metrics"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("anonymous /metrics: %v %v", resp, err)
+	}
+	metrics := get(t, "http://"+httpAddr+"/metrics", adminToken(t, home))
 	if !strings.Contains(metrics, `aisecops_decisions_total{decision="allow",reason="allowed",tool="db.read"} 1`) {
 		t.Errorf("metrics lack the allow: %s", grep(metrics, "aisecops_decisions_total"))
 	}
@@ -144,9 +147,25 @@ func waitReady(t *testing.T, url string) {
 	t.Fatalf("%s not ready within 30 s", url)
 }
 
-func get(t *testing.T, url string) string {
+// adminToken is the admin token the binary wrote in its home.
+func adminToken(t *testing.T, home string) string {
 	t.Helper()
-	resp, err := http.Get(url)
+	b, err := os.ReadFile(filepath.Join(home, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// get fetches url with bearer as the API credential.
+func get(t *testing.T, url, bearer string) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

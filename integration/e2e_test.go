@@ -550,14 +550,14 @@ func testApproval(t *testing.T, w *world, front string) {
 	noneReached(t, w.up, before)
 
 	api := "http://" + w.httpAddr + "/v1/approvals/" + id
-	if status, body := post(t, api+"/approve", "", `{"by":"e2e","why":"test"}`); status != http.StatusUnauthorized {
+	if status, body := post(t, api+"/approve", "", `{"why":"test"}`); status != http.StatusUnauthorized {
 		t.Fatalf("approve without the admin token: %d %s, want 401", status, body)
 	}
 	admin, err := os.ReadFile(filepath.Join(w.home, "admin-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if status, body := post(t, api+"/approve", strings.TrimSpace(string(admin)), `{"by":"e2e","why":"test"}`); status != http.StatusOK {
+	if status, body := post(t, api+"/approve", strings.TrimSpace(string(admin)), `{"why":"test"}`); status != http.StatusOK {
 		t.Fatalf("approve: %d %s", status, body)
 	}
 

@@ -129,7 +129,7 @@ func TestBudgetChangeReachesAuthzOverXDS(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	status := get(t, "http://"+xdsHTTP+"/v1/xds/status")
+	status := get(t, "http://"+xdsHTTP+"/v1/xds/status", adminToken(t, home))
 	if !strings.Contains(status, "aisecops-authz") {
 		t.Errorf("xds status does not list the authz replica: %s", status)
 	}

@@ -35,7 +35,11 @@ type options struct {
 	nodeID        string
 	rolloutGroups string
 	stagedRollout bool
-	adminToken    string
+	apiCredentials string
+	apiJWTIssuer   string
+	apiJWTAudience string
+	apiJWKSFile    string
+	apiJWKSURL     string
 
 	workloadIssuer   string
 	workloadAudience string
@@ -79,6 +83,11 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.workloadJWKSURL, "workload-jwks-url", "", "JWKS URL of the workload credential issuer (e.g. the Kubernetes API server's)")
 	fs.StringVar(&o.workloadJWKSFile, "workload-jwks-file", "", "JWKS file of the workload credential issuer")
 	fs.StringVar(&o.agentNamespace, "agent-namespace", "", "Kubernetes namespace whose service accounts act as the agents they are named like (default: none, or \"default\" with development credentials); other service accounts need the agent's workloads list")
+	fs.StringVar(&o.apiCredentials, "api-credentials", "", "file of HTTP API bearer credentials: a YAML list of {name, token_sha256, roles} (see `aisecops api-token`)")
+	fs.StringVar(&o.apiJWTIssuer, "api-jwt-issuer", "", "issuer of operator JWTs accepted by the HTTP API (roles from their \"roles\" claim)")
+	fs.StringVar(&o.apiJWTAudience, "api-jwt-audience", defaultAPIAudience, "audience of operator JWTs")
+	fs.StringVar(&o.apiJWKSFile, "api-jwks-file", "", "JWKS file of the operator JWT issuer")
+	fs.StringVar(&o.apiJWKSURL, "api-jwks-url", "", "JWKS URL of the operator JWT issuer")
 	fs.StringVar(&o.revocationsFile, "revocations-file", "", "JSON file of revoked token ids and agents (reloaded on change)")
 	fs.StringVar(&o.rolloutGroups, "rollout-groups", "", "xDS rollout groups: canary=node-a,node-b;beta=node-c")
 	fs.BoolVar(&o.stagedRollout, "staged-rollout", false, "hold a new routes version until POST /v1/xds/stage/{group} or /v1/xds/promote")

@@ -34,6 +34,7 @@ commands:
   token    mint a development capability token: token --agent A --tool T [--run R] [--ttl 5m]
   policy   test or evaluate a policy bundle: policy test [DIR] | policy eval --input FILE [DIR]
   audit    audit log tools: audit verify FILE
+  api-token  a bearer token for the HTTP API: api-token --name N --roles operator,approver
 
 Every flag can also be set as AISECOPS_<NAME> (AISECOPS_REDIS_URL for --redis-url).
 Run 'aisecops <command> -h' for a command's flags.
@@ -56,6 +57,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runToken(rest, stdout, stderr)
 	case "policy":
 		return runPolicy(ctx, rest, stdout, stderr)
+	case "api-token":
+		return runAPIToken(rest, stdout, stderr)
 	case "audit":
 		return runAudit(rest, stdout, stderr)
 	case "help", "-h", "--help":

@@ -73,24 +73,23 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 		})
 	}
 
-	adminToken, err := loadOrCreateSecret(filepath.Join(o.home, "admin-token"))
+	auth, err := apiAuth(ctx, o, log, start)
 	if err != nil {
 		return err
 	}
-	o.adminToken = adminToken
-	var extra map[string]http.Handler
+	var extra []httpapi.Route
 	if xdsPlane {
 		if extra, err = startXDS(ctx, o, log, reg, start); err != nil {
 			return err
 		}
 	}
 	if authz {
-		if err := startAuthz(ctx, o, log, reg, start, extra); err != nil {
+		if err := startAuthz(ctx, o, log, reg, start, auth, extra); err != nil {
 			return err
 		}
 	} else {
 		// The control plane alone still serves health, metrics and its status.
-		api := httpapi.Handler(httpapi.Config{Gatherer: reg, AdminToken: adminToken, Logger: log, Extra: extra})
+		api := httpapi.Handler(httpapi.Config{Gatherer: reg, Auth: auth, Logger: log, Routes: extra})
 		if err := serveHTTP(ctx, o.httpAddr, api, log, start, nil); err != nil {
 			return err
 		}
@@ -123,12 +122,12 @@ type authz struct {
 }
 
 // startAuthz builds the decision path, then serves it.
-func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error), extra map[string]http.Handler) error {
+func startAuthz(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error), auth *httpapi.Auth, extra []httpapi.Route) error {
 	a, err := buildAuthz(ctx, o, log, reg, start)
 	if err != nil {
 		return err
 	}
-	return a.serve(ctx, o, log, reg, start, extra)
+	return a.serve(ctx, o, log, reg, start, auth, extra)
 }
 
 // buildAuthz wires the decision path: configuration, policy, keys, store,
@@ -248,8 +247,7 @@ func loadSigner(o *options, log *slog.Logger) (capability.Signer, error) {
 
 // serve starts the ext_authz gRPC listener (with health and reflection) and
 // the HTTP API.
-func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg prometheus.Gatherer, start func(string, func() error), extra map[string]http.Handler) error {
-	log.Info("admin token for approve/reject", "path", filepath.Join(o.home, "admin-token"))
+func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg prometheus.Gatherer, start func(string, func() error), auth *httpapi.Auth, extra []httpapi.Route) error {
 	gs := grpc.NewServer()
 	envoy_service_auth_v3.RegisterAuthorizationServer(gs, a.srv)
 	hs := health.NewServer()
@@ -259,14 +257,15 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 	if err := serveGRPC(ctx, "ext_authz gRPC", o.authzAddr, gs, log, start, hs.Shutdown); err != nil {
 		return err
 	}
+	listRevocations, revoke := a.revs.Handlers()
 	api := httpapi.Handler(httpapi.Config{
-		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready,
-		AdminToken: o.adminToken, Logger: log, Extra: extra,
-		Public: map[string]http.Handler{
-			"POST /v1/tokens":            a.tokens.Handler(),
-			"/v1/revocations":            a.revs.Handler(o.adminToken),
-			"GET /.well-known/jwks.json": jwksHandler(a.signer),
-		},
+		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Auth: auth, Logger: log,
+		Routes: append([]httpapi.Route{
+			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},             // authenticates agents itself
+			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
+			{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: listRevocations},
+			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
+		}, extra...),
 	})
 	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { a.audit.Close(); a.closeStore() })
 }

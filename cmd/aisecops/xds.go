@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/aisecops/aisecops-envoy/extauthz"
+	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"github.com/aisecops/aisecops-envoy/xds/agentsync"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 	xdsserver "github.com/aisecops/aisecops-envoy/xds/server"
@@ -38,7 +39,7 @@ func parseGroups(s string) (map[string][]string, error) {
 
 // startXDS starts the control plane on --xds-addr, serving the routes file
 // (watched for changes) or the bundled example, and returns its HTTP handlers.
-func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error)) (map[string]http.Handler, error) {
+func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus.Registry, start func(string, func() error)) ([]httpapi.Route, error) {
 	groups, err := parseGroups(o.rolloutGroups)
 	if err != nil {
 		return nil, err
@@ -81,12 +82,12 @@ func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus
 			status(w, r)
 		}
 	}
-	return map[string]http.Handler{
-		"GET /v1/xds/status": http.HandlerFunc(status),
-		"POST /v1/xds/stage/{group}": rollout(func(r *http.Request) error {
+	return []httpapi.Route{
+		{Pattern: "GET /v1/xds/status", Role: httpapi.RoleOperator, Handler: http.HandlerFunc(status)},
+		{Pattern: "POST /v1/xds/stage/{group}", Role: httpapi.RoleAdmin, Handler: rollout(func(r *http.Request) error {
 			return srv.Stage(r.Context(), r.PathValue("group"))
-		}),
-		"POST /v1/xds/promote": rollout(func(r *http.Request) error { return srv.Promote(r.Context()) }),
+		})},
+		{Pattern: "POST /v1/xds/promote", Role: httpapi.RoleAdmin, Handler: rollout(func(r *http.Request) error { return srv.Promote(r.Context()) })},
 	}, nil
 }
 

@@ -31,6 +31,10 @@ type wireClaims struct {
 
 	// Kubernetes service-account tokens (workload credentials) carry this.
 	Kubernetes *kubernetesClaims `json:"kubernetes.io,omitempty"`
+
+	// Roles are an operator credential's HTTP API roles (OperatorVerifier);
+	// never read from a capability token or a workload credential.
+	Roles []string `json:"roles,omitempty"`
 }
 
 type kubernetesClaims struct {

@@ -1,12 +1,13 @@
 // Package httpapi owns the control HTTP listener (default :8181): /healthz,
-// /readyz, /metrics and the /v1 API operators use (approvals, explain). It
-// translates HTTP to calls on the authz server and the stores; it decides
-// nothing itself. Mutating endpoints require the admin bearer token.
+// /readyz, /metrics and the /v1 API operators use (approvals, explain, and the
+// routes other packages mount). Every endpoint but health and the token
+// service needs a role (operator to read, approver to decide approvals, admin
+// for everything); the package authenticates callers (auth.go) and translates
+// HTTP to calls on the authz server and the stores. It decides nothing itself.
 package httpapi
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -30,25 +31,38 @@ type Explainer interface {
 	Explain(ctx context.Context, req *envoy_service_auth_v3.CheckRequest) extauthz.Body
 }
 
+// ApprovalStore is the approvals as the API uses them.
+type ApprovalStore interface {
+	GetApproval(ctx context.Context, id string) (riskstore.Approval, error)
+	ListApprovals(ctx context.Context, status string) ([]riskstore.Approval, error)
+	DecideApproval(ctx context.Context, id string, approve bool, by, why string, now time.Time) (riskstore.Approval, error)
+}
+
 // ReadyFunc reports nil when its component can serve.
 type ReadyFunc func(ctx context.Context) error
 
+// Route is a handler another package mounts, with the role it needs ("" for a
+// public one that authenticates its callers itself, such as the token
+// service).
+type Route struct {
+	Pattern string
+	Role    string
+	Handler http.Handler
+}
+
 // Config wires the API.
 type Config struct {
-	Explainer Explainer
-	Approvals riskstore.Approvals
+	Explainer Explainer     // nil: no /v1/explain
+	Approvals ApprovalStore // nil: no /v1/approvals
 	Gatherer  prometheus.Gatherer
 	Ready     map[string]ReadyFunc
-	// AdminToken guards mutating endpoints (approve, reject). Empty disables them.
-	AdminToken string
+	// Auth authenticates callers; nil refuses every endpoint that needs a role.
+	Auth *Auth
+	// OnDecision, when set, is told of every approval decided (for the audit log).
+	OnDecision func(ctx context.Context, a riskstore.Approval, by Caller)
 	Logger     *slog.Logger
 	Clock      func() time.Time
-	// Extra mounts further handlers (xDS status and rollout) under their
-	// patterns; POST ones need the admin token.
-	Extra map[string]http.Handler
-	// Public mounts handlers that authenticate their callers themselves (the
-	// token service checks workload credentials).
-	Public map[string]http.Handler
+	Routes     []Route
 }
 
 // maxBody bounds every request body the API reads.
@@ -62,26 +76,32 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.Auth == nil {
+		cfg.Auth = &Auth{}
+	}
 	a := &api{cfg: cfg}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", a.readyz)
+	role := func(pattern, r string, h http.Handler) { mux.Handle(pattern, cfg.Auth.Require(r, h)) }
 	if cfg.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+		role("GET /metrics", RoleOperator, promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("GET /v1/approvals", a.admin(a.listApprovals))
-	mux.HandleFunc("GET /v1/approvals/{id}", a.admin(a.getApproval))
-	mux.HandleFunc("POST /v1/approvals/{id}/approve", a.admin(a.decide(true)))
-	mux.HandleFunc("POST /v1/approvals/{id}/reject", a.admin(a.decide(false)))
-	mux.HandleFunc("POST /v1/explain", a.admin(a.explain))
-	for pattern, h := range cfg.Extra {
-		if strings.HasPrefix(pattern, "POST ") {
-			h = RequireAdmin(cfg.AdminToken, h) // every mutating extra is an admin action
+	if cfg.Approvals != nil {
+		role("GET /v1/approvals", RoleOperator, http.HandlerFunc(a.listApprovals))
+		role("GET /v1/approvals/{id}", RoleOperator, http.HandlerFunc(a.getApproval))
+		role("POST /v1/approvals/{id}/approve", RoleApprover, a.decide(true))
+		role("POST /v1/approvals/{id}/reject", RoleApprover, a.decide(false))
+	}
+	if cfg.Explainer != nil {
+		role("POST /v1/explain", RoleOperator, http.HandlerFunc(a.explain))
+	}
+	for _, rt := range cfg.Routes {
+		if rt.Role == "" {
+			mux.Handle(rt.Pattern, rt.Handler)
+			continue
 		}
-		mux.Handle(pattern, h)
-	}
-	for pattern, h := range cfg.Public {
-		mux.Handle(pattern, h)
+		role(rt.Pattern, rt.Role, rt.Handler)
 	}
 	return mux
 }
@@ -98,14 +118,20 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// WriteError answers {"error": msg}.
-func WriteError(w http.ResponseWriter, status int, msg string) {
-	WriteJSON(w, status, map[string]string{"error": msg})
+// Error is the body of every error answer: {"error": {"code", "message"}}.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// WriteError answers {"error": {"code": code, "message": msg}}.
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	WriteJSON(w, status, map[string]Error{"error": {Code: code, Message: msg}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) { WriteJSON(w, status, v) }
 
-func writeError(w http.ResponseWriter, status int, msg string) { WriteError(w, status, msg) }
+func writeError(w http.ResponseWriter, status int, code, msg string) { WriteError(w, status, code, msg) }
 
 func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -123,27 +149,10 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
 }
 
-// RequireAdmin lets a request through to next only with the admin bearer
-// token, compared in constant time. An empty token refuses everyone.
-func RequireAdmin(token string, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			writeError(w, http.StatusUnauthorized, "this endpoint needs the admin token (Authorization: Bearer …)")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func (a *api) admin(next http.HandlerFunc) http.HandlerFunc {
-	return RequireAdmin(a.cfg.AdminToken, next).ServeHTTP
-}
-
 func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
 	list, err := a.cfg.Approvals.ListApprovals(r.Context(), r.URL.Query().Get("status"))
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "approval store unavailable")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "approval store unavailable")
 		return
 	}
 	if list == nil {
@@ -156,36 +165,41 @@ func (a *api) getApproval(w http.ResponseWriter, r *http.Request) {
 	ap, err := a.cfg.Approvals.GetApproval(r.Context(), r.PathValue("id"))
 	switch {
 	case errors.Is(err, riskstore.ErrNotFound):
-		writeError(w, http.StatusNotFound, "no such approval")
+		writeError(w, http.StatusNotFound, "not_found", "no such approval")
 	case err != nil:
-		writeError(w, http.StatusServiceUnavailable, "approval store unavailable")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "approval store unavailable")
 	default:
 		writeJSON(w, http.StatusOK, ap)
 	}
 }
 
+// decide approves or rejects. Who decided is the authenticated caller, never
+// something the body says; why is the body's.
 func (a *api) decide(approve bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var in struct {
-			By  string `json:"by"`
 			Why string `json:"why"`
 		}
 		dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil || strings.TrimSpace(in.By) == "" {
-			writeError(w, http.StatusBadRequest, `body must be {"by": "<who>", "why": "<reason>"}`)
+		if err := dec.Decode(&in); err != nil || strings.TrimSpace(in.Why) == "" || len(in.Why) > 1024 {
+			writeError(w, http.StatusBadRequest, "bad_request", `body must be {"why": "<reason, at most 1024 bytes>"}`)
 			return
 		}
-		ap, err := a.cfg.Approvals.DecideApproval(r.Context(), r.PathValue("id"), approve, in.By, in.Why, a.cfg.Clock())
+		by, _ := CallerFrom(r.Context())
+		ap, err := a.cfg.Approvals.DecideApproval(r.Context(), r.PathValue("id"), approve, by.Name, in.Why, a.cfg.Clock())
 		switch {
 		case errors.Is(err, riskstore.ErrNotFound):
-			writeError(w, http.StatusNotFound, "no such approval")
+			writeError(w, http.StatusNotFound, "not_found", "no such approval")
 		case errors.Is(err, riskstore.ErrConflict):
-			writeJSON(w, http.StatusConflict, map[string]any{"error": "approval is not pending", "approval": ap})
+			writeJSON(w, http.StatusConflict, map[string]any{"error": Error{Code: "conflict", Message: "approval is not pending"}, "approval": ap})
 		case err != nil:
-			writeError(w, http.StatusServiceUnavailable, "approval store unavailable")
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "approval store unavailable")
 		default:
 			a.cfg.Logger.Info("approval decided", "approval_id", ap.ID, "status", ap.Status, "by", ap.DecidedBy)
+			if a.cfg.OnDecision != nil {
+				a.cfg.OnDecision(r.Context(), ap, by)
+			}
 			writeJSON(w, http.StatusOK, ap)
 		}
 	}
@@ -198,16 +212,16 @@ func (a *api) decide(approve bool) http.HandlerFunc {
 func (a *api) explain(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil || len(data) > maxBody {
-		writeError(w, http.StatusBadRequest, "body must be a CheckRequest in JSON of at most 1 MiB")
+		writeError(w, http.StatusBadRequest, "bad_request", "body must be a CheckRequest in JSON of at most 1 MiB")
 		return
 	}
 	req := &envoy_service_auth_v3.CheckRequest{}
 	if err := protojson.Unmarshal(data, req); err != nil {
-		writeError(w, http.StatusBadRequest, "body is not a CheckRequest: "+err.Error())
+		writeError(w, http.StatusBadRequest, "bad_request", "body is not a CheckRequest in JSON")
 		return
 	}
 	if req.GetAttributes().GetRequest().GetHttp() == nil {
-		writeError(w, http.StatusBadRequest, "attributes.request.http is required")
+		writeError(w, http.StatusBadRequest, "bad_request", "attributes.request.http is required")
 		return
 	}
 	writeJSON(w, http.StatusOK, a.cfg.Explainer.Explain(r.Context(), req))

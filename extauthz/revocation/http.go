@@ -2,13 +2,11 @@ package revocation
 
 import (
 	"bytes"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/plan"
@@ -25,31 +23,14 @@ type revokeRequest struct {
 	Before    time.Time `json:"before"` // optional, with agent_id: default now
 }
 
-// Handler serves the admin API:
+// Handlers are the revocation API, for the HTTP API to mount under the roles
+// it decides (operator to list, admin to revoke):
 //
 //	POST /v1/revocations  {"jti": "…", "expires_at"?: RFC 3339}
 //	                      or {"agent_id": "…", "before"?: RFC 3339}  → 201 with the entry
 //	GET  /v1/revocations  → 200 List (file and API entries, each with its source)
-//
-// Both require Authorization: Bearer adminToken (compared in constant time);
-// an empty adminToken disables them (401), as the rest of the admin API does.
-// Mount it on the API's mux under "/v1/revocations".
-func (s *Set) Handler(adminToken string) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/revocations", s.admin(adminToken, s.post))
-	mux.HandleFunc("GET /v1/revocations", s.admin(adminToken, s.get))
-	return mux
-}
-
-func (s *Set) admin(token string, next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			writeError(w, http.StatusUnauthorized, "this endpoint needs the admin token (Authorization: Bearer …)")
-			return
-		}
-		next(w, r)
-	}
+func (s *Set) Handlers() (list, revoke http.Handler) {
+	return http.HandlerFunc(s.get), http.HandlerFunc(s.post)
 }
 
 func (s *Set) get(w http.ResponseWriter, _ *http.Request) {
@@ -59,7 +40,7 @@ func (s *Set) get(w http.ResponseWriter, _ *http.Request) {
 func (s *Set) post(w http.ResponseWriter, r *http.Request) {
 	req, err := decodeRevoke(r.Body)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
 	var entry any
@@ -70,9 +51,9 @@ func (s *Set) post(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case errors.Is(err, ErrFull):
-		writeError(w, http.StatusServiceUnavailable, "the revocation list is full; add the entry to the revocation file")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the revocation list is full; add the entry to the revocation file")
 	case err != nil:
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 	default:
 		writeJSON(w, http.StatusCreated, entry)
 	}
@@ -129,4 +110,6 @@ func strconvQuote(s string) string {
 
 func writeJSON(w http.ResponseWriter, status int, v any) { httpapi.WriteJSON(w, status, v) }
 
-func writeError(w http.ResponseWriter, status int, msg string) { httpapi.WriteError(w, status, msg) }
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	httpapi.WriteError(w, status, code, msg)
+}
