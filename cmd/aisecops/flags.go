@@ -13,28 +13,28 @@ import (
 
 // options are the flags common to the subcommands.
 type options struct {
-	home          string
-	config        string
-	policies      string
-	authzAddr     string
-	httpAddr      string
-	xdsAddr       string
-	xdsServer     string
-	redisURL      string
-	redisCluster  string
-	auditFile     string
-	auditFsync    bool
-	logLevel      string
-	checkTimeout  time.Duration
-	tokenIssuer   string
-	tokenAudience string
-	maxTokenTTL   time.Duration
-	signingKey    string
-	jwksFile      string
-	jwksURL       string
-	nodeID        string
-	rolloutGroups string
-	stagedRollout bool
+	home           string
+	config         string
+	policies       string
+	authzAddr      string
+	httpAddr       string
+	xdsAddr        string
+	xdsServer      string
+	redisURL       string
+	redisCluster   string
+	auditFile      string
+	auditFsync     bool
+	logLevel       string
+	checkTimeout   time.Duration
+	tokenIssuer    string
+	tokenAudience  string
+	maxTokenTTL    time.Duration
+	signingKey     string
+	jwksFile       string
+	jwksURL        string
+	nodeID         string
+	rolloutGroups  string
+	stagedRollout  bool
 	apiCredentials string
 	apiJWTIssuer   string
 	apiJWTAudience string

@@ -261,7 +261,7 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 	api := httpapi.Handler(httpapi.Config{
 		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
-			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},             // authenticates agents itself
+			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},               // authenticates agents itself
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
 			{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: listRevocations},
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},

@@ -131,7 +131,9 @@ func WriteError(w http.ResponseWriter, status int, code, msg string) {
 
 func writeJSON(w http.ResponseWriter, status int, v any) { WriteJSON(w, status, v) }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) { WriteError(w, status, code, msg) }
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	WriteError(w, status, code, msg)
+}
 
 func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
