@@ -44,6 +44,10 @@ type RedisOptions struct {
 	PoolSize int
 	// KeyPrefix starts every key (default "aisecops"). It must not contain '{' or '}'.
 	KeyPrefix string
+	// RequireDurable refuses every write while Redis does not persist writes
+	// (the append-only file is off on a master): spent budgets, spent tokens
+	// and used approvals would come back after a restart. Ping checks it.
+	RequireDurable bool
 	// Now is the clock used for approval expiry (default time.Now). Run state
 	// uses Redis's clock (TIME inside the scripts) for start times, execution
 	// time, agent windows and TTLs, so every replica shares one clock.
@@ -102,6 +106,8 @@ type Redis struct {
 	// a go-redis retry of such a Commit (same arguments) still cannot debit twice.
 	anonPrefix string
 	anonSeq    atomic.Uint64
+
+	durability durability
 }
 
 var (
@@ -142,6 +148,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		return nil, fmt.Errorf("riskstore: redis: %w", err)
 	}
 	r := &Redis{prefix: prefix, now: now, anonPrefix: "\x00" + hex.EncodeToString(anon[:]) + ":"}
+	r.durability.required = opts.RequireDurable
 
 	// Why these numbers: a dial is retried once (not go-redis's 5× at 100ms) so a
 	// dead Redis fails a Check fast; the backoff between command retries is short
@@ -236,6 +243,13 @@ func (r *Redis) Ping(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("riskstore: ping redis: %w", err)
 	}
+	durable, err := r.Durable(ctx)
+	switch {
+	case err != nil:
+		return err
+	case !durable && r.durability.required:
+		return ErrVolatile
+	}
 	return nil
 }
 
@@ -297,6 +311,9 @@ const (
 // Cluster it is one script call while the run is known to be owned by its
 // agent; otherwise see Redis for the extra calls.
 func (r *Redis) Commit(ctx context.Context, ref RunRef, step Step, limits Limits, ttl time.Duration) (CommitResult, error) {
+	if err := r.durability.refuse(); err != nil {
+		return CommitResult{}, err
+	}
 	if !ref.valid() {
 		return CommitResult{}, errors.New("riskstore: commit: invalid run reference")
 	}
@@ -447,6 +464,9 @@ func (r *Redis) Load(ctx context.Context, ref RunRef, requestID string) (State, 
 
 // ClaimRun implements Store with one script call on the owner key.
 func (r *Redis) ClaimRun(ctx context.Context, ref RunRef, ttl time.Duration) (string, error) {
+	if err := r.durability.refuse(); err != nil {
+		return "", err
+	}
 	if !ref.valid() {
 		return "", errors.New("riskstore: claim: invalid run reference")
 	}

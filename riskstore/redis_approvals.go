@@ -28,6 +28,9 @@ func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 
 // CreateApproval implements Approvals.
 func (r *Redis) CreateApproval(ctx context.Context, a Approval, ttl time.Duration) error {
+	if err := r.durability.refuse(); err != nil {
+		return err
+	}
 	if a.ID == "" {
 		return errors.New("riskstore: create approval: empty id")
 	}
@@ -93,6 +96,9 @@ func (r *Redis) ListApprovals(ctx context.Context, status string) ([]Approval, e
 
 // DecideApproval implements Approvals.
 func (r *Redis) DecideApproval(ctx context.Context, id string, approve bool, by, why string, now time.Time) (Approval, error) {
+	if err := r.durability.refuse(); err != nil {
+		return Approval{}, err
+	}
 	status := ApprovalRejected
 	if approve {
 		status = ApprovalApproved
@@ -110,6 +116,9 @@ func (r *Redis) DecideApproval(ctx context.Context, id string, approve bool, by,
 
 // ConsumeApproval implements Approvals.
 func (r *Redis) ConsumeApproval(ctx context.Context, id, binding string) (Approval, error) {
+	if err := r.durability.refuse(); err != nil {
+		return Approval{}, err
+	}
 	res, err := approvalConsumeScript.Run(ctx, r.client, r.approvalKeys(), id, ms(r.now()), binding).StringSlice()
 	if err != nil {
 		return Approval{}, fmt.Errorf("riskstore: consume approval %s: %w", id, err)
@@ -157,6 +166,9 @@ func decodeApproval(id, body, status, decision string) (Approval, error) {
 
 // UseOnce implements Nonces with SET NX PX: the first caller wins, on any replica.
 func (r *Redis) UseOnce(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+	if err := r.durability.refuse(); err != nil {
+		return false, err
+	}
 	if ttl <= 0 {
 		// Nothing to remember: the in-memory store forgets it at once too.
 		return true, nil

@@ -2,6 +2,7 @@ package riskstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -820,5 +821,42 @@ func TestRedisPingCluster(t *testing.T) {
 		t.Fatal("Ping of an unreachable cluster succeeded")
 	} else if !strings.HasPrefix(err.Error(), "riskstore: ping redis:") {
 		t.Errorf("error lacks context: %v", err)
+	}
+}
+
+// TestRedisRefusesVolatile: a store that requires durability is not ready and
+// refuses every write while Redis has no append-only file, and serves as soon
+// as the file is turned on (a restarted Redis is checked again the same way).
+func TestRedisRefusesVolatile(t *testing.T) {
+	t.Parallel()
+	srv := redistest.StartServer(t) // --appendonly no
+	ctx := context.Background()
+	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr(), RequireDurable: true})
+	if err := r.Ping(ctx); !errors.Is(err, ErrVolatile) {
+		t.Fatalf("Ping on a volatile Redis: %v", err)
+	}
+	run := RunRef{Agent: "a", ID: "r"}
+	if _, err := r.Commit(ctx, run, Step{ExpectVersion: AnyVersion, RequestID: "x"}, Limits{}, time.Hour); !errors.Is(err, ErrVolatile) {
+		t.Fatalf("Commit on a volatile Redis: %v", err)
+	}
+	if _, err := r.UseOnce(ctx, "jti:x", time.Minute); !errors.Is(err, ErrVolatile) {
+		t.Fatalf("UseOnce on a volatile Redis: %v", err)
+	}
+	if err := srv.Client(t).ConfigSet(ctx, "appendonly", "yes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Ping(ctx); err != nil {
+		t.Fatalf("Ping with AOF on: %v", err)
+	}
+	if res, err := r.Commit(ctx, run, Step{ExpectVersion: AnyVersion, RequestID: "x"}, Limits{}, time.Hour); err != nil || res.Outcome != Committed {
+		t.Fatalf("Commit with AOF on: %v %v", res, err)
+	}
+	// Without the requirement a volatile Redis serves, and says so.
+	loose := newRedisStore(t, RedisOptions{URL: "redis://" + redistest.StartServer(t).Addr()})
+	if err := loose.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if durable, err := loose.Durable(ctx); err != nil || durable {
+		t.Fatalf("Durable = %v %v", durable, err)
 	}
 }

@@ -13,33 +13,34 @@ import (
 
 // options are the flags common to the subcommands.
 type options struct {
-	home           string
-	config         string
-	policies       string
-	authzAddr      string
-	httpAddr       string
-	xdsAddr        string
-	xdsServer      string
-	redisURL       string
-	redisCluster   string
-	auditFile      string
-	auditFsync     bool
-	logLevel       string
-	checkTimeout   time.Duration
-	tokenIssuer    string
-	tokenAudience  string
-	maxTokenTTL    time.Duration
-	signingKey     string
-	jwksFile       string
-	jwksURL        string
-	nodeID         string
-	rolloutGroups  string
-	stagedRollout  bool
-	apiCredentials string
-	apiJWTIssuer   string
-	apiJWTAudience string
-	apiJWKSFile    string
-	apiJWKSURL     string
+	home               string
+	config             string
+	policies           string
+	authzAddr          string
+	httpAddr           string
+	xdsAddr            string
+	xdsServer          string
+	redisURL           string
+	redisCluster       string
+	allowVolatileRedis bool
+	auditFile          string
+	auditFsync         bool
+	logLevel           string
+	checkTimeout       time.Duration
+	tokenIssuer        string
+	tokenAudience      string
+	maxTokenTTL        time.Duration
+	signingKey         string
+	jwksFile           string
+	jwksURL            string
+	nodeID             string
+	rolloutGroups      string
+	stagedRollout      bool
+	apiCredentials     string
+	apiJWTIssuer       string
+	apiJWTAudience     string
+	apiJWKSFile        string
+	apiJWKSURL         string
 
 	workloadIssuer   string
 	workloadAudience string
@@ -92,6 +93,7 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.rolloutGroups, "rollout-groups", "", "xDS rollout groups: canary=node-a,node-b;beta=node-c")
 	fs.BoolVar(&o.stagedRollout, "staged-rollout", false, "hold a new routes version until POST /v1/xds/stage/{group} or /v1/xds/promote")
 	fs.StringVar(&o.redisURL, "redis-url", "", "Redis URL for run state (redis:// or rediss://); default in memory")
+	fs.BoolVar(&o.allowVolatileRedis, "allow-volatile-redis", false, "run on a Redis without the append-only file (spent budgets come back after a Redis restart; logged and shown by /readyz)")
 	fs.StringVar(&o.redisCluster, "redis-cluster", "", "comma-separated Redis Cluster nodes host:port,…")
 	fs.StringVar(&o.auditFile, "audit-file", "", "audit JSONL file (default $AISECOPS_HOME/audit.jsonl)")
 	fs.BoolVar(&o.auditFsync, "audit-fsync", false, "fsync every audit line (durable against power loss; slower)")

@@ -119,6 +119,7 @@ type authz struct {
 	tokens     *tokenservice.Service
 	srv        *extauthz.Server
 	ready      map[string]httpapi.ReadyFunc
+	warnings   map[string]string
 }
 
 // startAuthz builds the decision path, then serves it.
@@ -174,8 +175,12 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	}
 
 	var ping httpapi.ReadyFunc
-	if a.store, ping, a.closeStore, err = newStore(o); err != nil {
+	var warning string
+	if a.store, ping, a.closeStore, warning, err = newStore(ctx, o, log); err != nil {
 		return nil, err
+	}
+	if warning != "" {
+		a.warnings = map[string]string{"store": warning}
 	}
 	findingKey, err := loadOrCreateSecret(filepath.Join(o.home, "finding-key"))
 	if err != nil {
@@ -259,7 +264,7 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 	}
 	listRevocations, revoke := a.revs.Handlers()
 	api := httpapi.Handler(httpapi.Config{
-		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Auth: auth, Logger: log,
+		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Warnings: a.warnings, Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
 			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},               // authenticates agents itself
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys

@@ -56,6 +56,9 @@ type Config struct {
 	Approvals ApprovalStore // nil: no /v1/approvals
 	Gatherer  prometheus.Gatherer
 	Ready     map[string]ReadyFunc
+	// Warnings are conditions an operator chose to run with (a volatile
+	// Redis, plaintext listeners): /readyz repeats them while ready.
+	Warnings map[string]string
 	// Auth authenticates callers; nil refuses every endpoint that needs a role.
 	Auth *Auth
 	// OnDecision, when set, is told of every approval decided (for the audit log).
@@ -144,11 +147,16 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 			problems[name] = err.Error()
 		}
 	}
+	body := map[string]any{"ready": len(problems) == 0}
+	if len(a.cfg.Warnings) > 0 {
+		body["warnings"] = a.cfg.Warnings
+	}
 	if len(problems) > 0 {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "problems": problems})
+		body["problems"] = problems
+		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+	writeJSON(w, http.StatusOK, body)
 }
 
 func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
