@@ -532,3 +532,40 @@ func TestModelCallUserMessageUntrustedByDefault(t *testing.T) {
 		t.Fatalf("injection in a user message: allowed=%v reasons=%v", res.allowed, reasonCodes(res.body))
 	}
 }
+
+// TestCallerInputNeverBecomesAMetricLabel: explain and Check requests naming
+// routes, tools and versions of their own choosing add no metric series:
+// labels come from the routes file and the product's own vocabulary.
+func TestCallerInputNeverBecomesAMetricLabel(t *testing.T) {
+	e := newEnv(t)
+	series := func() int {
+		mfs, err := e.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			n += len(mf.GetMetric())
+		}
+		return n
+	}
+	send := func(i int) req {
+		r := e.call(t, "demo-agent", "db.read", fmt.Sprintf("run-labels-%d", i), "")
+		r.ext = map[string]string{"tool": fmt.Sprintf("tool-%d", i), "tool_class": "read", "base_risk": "0", "trust": "internal",
+			"cost": "0", "route_version": fmt.Sprintf("v-%d", i)}
+		r.host = fmt.Sprintf("h%d.example", i%7)
+		return r
+	}
+	for i := range 20 { // warm up every series a Check can touch
+		e.check(t, send(i))
+		e.srv.Explain(context.Background(), send(i).build())
+	}
+	before := series()
+	for i := 20; i < 520; i++ {
+		e.check(t, send(i))
+		e.srv.Explain(context.Background(), send(i).build())
+	}
+	if after := series(); after != before {
+		t.Fatalf("metric series grew from %d to %d with caller-chosen routes", before, after)
+	}
+}

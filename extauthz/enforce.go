@@ -36,7 +36,7 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 	switch o.verdict.Decision {
 	case policy.RequireApproval:
 		id, err := requestApproval(ctx, s.cfg.Approvals, o, s.cfg.ApprovalTTL)
-		if err != nil {
+		if err != nil && err.Code == reason.StoreUnavailable {
 			s.metrics.storeErrors.WithLabelValues("approval_create").Inc()
 		}
 		o.verdict.ApprovalID = id
@@ -104,6 +104,9 @@ func requestApproval(ctx context.Context, st ApprovalStore, o *outcome, ttl time
 		ap.Reasons = append(ap.Reasons, r.Code)
 	}
 	if err := st.CreateApproval(ctx, ap, ttl); err != nil {
+		if errors.Is(err, riskstore.ErrLimit) {
+			return "", reason.Wrap(reason.ApprovalLimit, err, "too many approvals are pending for this run or agent")
+		}
 		return "", reason.Wrap(reason.StoreUnavailable, err, "approval store unavailable")
 	}
 	return ap.ID, nil

@@ -1,6 +1,7 @@
 package extauthz
 
 import (
+	"context"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,13 +43,17 @@ func (f Findings) Classes() []string {
 	return out
 }
 
-// inspect: Plan → Findings. An inspector error is a deny (egress_blocked).
-func inspect(p *plan.Plan, tool config.Tool, in Inspector) (Findings, *reason.Error) {
+// inspect: Plan → Findings. An inspector error is a deny (egress_blocked, or
+// deadline_exceeded when the Check's deadline stopped it).
+func inspect(ctx context.Context, p *plan.Plan, tool config.Tool, in Inspector) (Findings, *reason.Error) {
 	f := Findings{Untrusted: slices.ContainsFunc(p.Provenance, func(l plan.Provenance) bool { return risk.Untrusted(l.TrustLevel) })}
 	if in == nil {
 		return f, nil
 	}
-	ins, err := in.Inspect(p, tool, f.Untrusted)
+	ins, err := in.Inspect(ctx, p, tool, f.Untrusted)
+	if err != nil && ctx.Err() != nil {
+		return f, reason.Wrap(reason.DeadlineExceeded, err, "the check deadline passed during inspection")
+	}
 	f.List, f.Derived = ins.Findings, ins.Provenance
 	if slices.ContainsFunc(f.List, func(x finding.Finding) bool { return x.Class == finding.Injection }) {
 		// Injected instructions make the whole step untrusted context, which
@@ -75,14 +80,14 @@ func NewEgressInspector(key []byte) (*EgressInspector, error) {
 }
 
 // Inspect implements Inspector.
-func (e *EgressInspector) Inspect(p *plan.Plan, tool config.Tool, untrusted bool) (Inspection, error) {
+func (e *EgressInspector) Inspect(ctx context.Context, p *plan.Plan, tool config.Tool, untrusted bool) (Inspection, error) {
 	path, query, _ := strings.Cut(p.RawPath, "?")
 	routeHost := tool.Match.Host
 	req := &egress.Request{
 		Method: p.Method, Host: p.Headers["host"], Authority: p.Host, Path: path, RawQuery: query,
 		Headers: p.Headers, ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, Body: p.Body,
 		ToolClass: p.Route.ToolClass, RouteHost: routeHost, UntrustedContext: untrusted,
-		TrustFirstUserMessage: tool.TrustFirstUserMessage,
+		TrustFirstUserMessage: tool.TrustFirstUserMessage, Cancel: ctx.Done(),
 	}
 	if len(p.Calls) > 0 {
 		req.Arguments = p.Calls[0].Arguments

@@ -126,7 +126,7 @@ func (s *Server) run(ctx context.Context, o *outcome, req *envoy_service_auth_v3
 	if o.stage("token", err) || o.stage("constraints", checkConstraints(p, who)) {
 		return
 	}
-	f, err := inspect(p, o.dir.tools[p.Route.Tool], s.cfg.Inspector)
+	f, err := inspect(ctx, p, o.dir.tools[p.Route.Tool], s.cfg.Inspector)
 	o.findings = f
 	if o.stage("egress", err) {
 		return

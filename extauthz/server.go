@@ -58,7 +58,8 @@ type Policies interface {
 // Inspector inspects the outbound request for secrets, PII, destinations and
 // injected instructions. Its error is a deny (reason.EgressBlocked).
 type Inspector interface {
-	Inspect(p *plan.Plan, tool config.Tool, untrustedContext bool) (Inspection, error)
+	// ctx bounds the inspection: it stops when ctx ends.
+	Inspect(ctx context.Context, p *plan.Plan, tool config.Tool, untrustedContext bool) (Inspection, error)
 }
 
 // RunStore is the run state as the Check path uses it.

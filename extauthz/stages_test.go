@@ -227,7 +227,7 @@ type fakeInspector struct {
 	err      error
 }
 
-func (f fakeInspector) Inspect(*plan.Plan, config.Tool, bool) (Inspection, error) {
+func (f fakeInspector) Inspect(context.Context, *plan.Plan, config.Tool, bool) (Inspection, error) {
 	return Inspection{Findings: f.findings}, f.err
 }
 
@@ -248,7 +248,7 @@ func TestStageInspect(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			f, err := inspect(&plan.Plan{Provenance: tc.prov}, config.Tool{}, tc.in)
+			f, err := inspect(context.Background(), &plan.Plan{Provenance: tc.prov}, config.Tool{}, tc.in)
 			if code(err) != tc.code || f.Untrusted != tc.untrusted {
 				t.Fatalf("code %q untrusted %v, want %q %v", code(err), f.Untrusted, tc.code, tc.untrusted)
 			}

@@ -1038,3 +1038,44 @@ func jsonString(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// TestConformanceApprovalLimits: pending approvals are bounded per run and
+// per agent, deciding one makes room, and every store gives the same answers.
+func TestConformanceApprovalLimits(t *testing.T) {
+	for _, kind := range storeKinds() {
+		t.Run(kind.name, func(t *testing.T) {
+			s := kind.open(t, time.Now)
+			switch x := s.(type) {
+			case *Memory:
+				x.SetApprovalLimits(ApprovalLimits{PerRun: 2, PerAgent: 3})
+			case *Redis:
+				x.approvalLimits = ApprovalLimits{PerRun: 2, PerAgent: 3}
+			}
+			ctx := context.Background()
+			create := func(id, agent, run string) error {
+				return s.CreateApproval(ctx, Approval{ID: id, AgentID: agent, RunID: run, Status: ApprovalPending, CreatedAt: time.Now()}, time.Hour)
+			}
+			for i, step := range []struct {
+				id, agent, run string
+				limit          bool
+			}{
+				{"a1", "a", "r1", false}, {"a2", "a", "r1", false},
+				{"a3", "a", "r1", true}, // a third in one run
+				{"a4", "a", "r2", false},
+				{"a5", "a", "r3", true},  // a fourth of the agent
+				{"b1", "b", "r1", false}, // another agent is not affected
+			} {
+				err := create(step.id, step.agent, step.run)
+				if got := errors.Is(err, ErrLimit); got != step.limit || (err != nil && !got) {
+					t.Fatalf("step %d (%s): %v, want limit %v", i, step.id, err, step.limit)
+				}
+			}
+			if _, err := s.DecideApproval(ctx, "a1", false, "alice", "no", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if err := create("a6", "a", "r1"); err != nil {
+				t.Fatalf("after a decision there is room: %v", err)
+			}
+		})
+	}
+}

@@ -36,8 +36,16 @@ type Memory struct {
 	nonces    map[string]time.Time
 	// nonceSweepAt is the nonce count that triggers the next sweep; it doubles
 	// with the live count so sweeping stays amortised O(1) per UseOnce.
-	nonceSweepAt int
-	now          func() time.Time
+	nonceSweepAt   int
+	now            func() time.Time
+	approvalLimits ApprovalLimits
+}
+
+// SetApprovalLimits bounds the pending approvals per run and per agent.
+func (m *Memory) SetApprovalLimits(l ApprovalLimits) {
+	m.mu.Lock()
+	m.approvalLimits = l
+	m.mu.Unlock()
 }
 
 type memRun struct {
@@ -355,6 +363,21 @@ func (m *Memory) CreateApproval(_ context.Context, a Approval, ttl time.Duration
 	}
 	if a.Status == "" {
 		a.Status = ApprovalPending
+	}
+	if a.Status == ApprovalPending {
+		lim := m.approvalLimits.withDefaults()
+		run, agent := 0, 0
+		for id := range m.approvals {
+			if o, ok := m.approval(id); ok && o.a.Status == ApprovalPending && o.a.AgentID == a.AgentID {
+				agent++
+				if o.a.RunID == a.RunID {
+					run++
+				}
+			}
+		}
+		if (lim.PerRun > 0 && run >= lim.PerRun) || (lim.PerAgent > 0 && agent >= lim.PerAgent) {
+			return fmt.Errorf("riskstore: approval %s: too many pending approvals for its run or agent: %w", a.ID, ErrLimit)
+		}
 	}
 	m.approvals[a.ID] = memApproval{a: a, expires: m.now().Add(ttl)}
 	return nil

@@ -48,6 +48,8 @@ type RedisOptions struct {
 	// (the append-only file is off on a master): spent budgets, spent tokens
 	// and used approvals would come back after a restart. Ping checks it.
 	RequireDurable bool
+	// ApprovalLimits bound pending approvals per run and per agent.
+	ApprovalLimits ApprovalLimits
 	// Now is the clock used for approval expiry (default time.Now). Run state
 	// uses Redis's clock (TIME inside the scripts) for start times, execution
 	// time, agent windows and TTLs, so every replica shares one clock.
@@ -107,7 +109,8 @@ type Redis struct {
 	anonPrefix string
 	anonSeq    atomic.Uint64
 
-	durability durability
+	durability     durability
+	approvalLimits ApprovalLimits
 }
 
 var (
@@ -149,6 +152,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	}
 	r := &Redis{prefix: prefix, now: now, anonPrefix: "\x00" + hex.EncodeToString(anon[:]) + ":"}
 	r.durability.required = opts.RequireDurable
+	r.approvalLimits = opts.ApprovalLimits
 
 	// Why these numbers: a dial is retried once (not go-redis's 5× at 100ms) so a
 	// dead Redis fails a Check fast; the backoff between command retries is short

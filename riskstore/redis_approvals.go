@@ -14,7 +14,7 @@ import (
 
 func (r *Redis) approvalKeys() []string {
 	base := r.prefix + ":{approvals}:"
-	return []string{base + "body", base + "status", base + "decision", base + "exp"}
+	return []string{base + "body", base + "status", base + "decision", base + "exp", base + "pending"}
 }
 
 // approvalDecision is the part of an approval written by DecideApproval.
@@ -42,13 +42,18 @@ func (r *Redis) CreateApproval(ctx context.Context, a Approval, ttl time.Duratio
 		return fmt.Errorf("riskstore: create approval %s: %w", a.ID, err)
 	}
 	now := r.now()
+	lim := r.approvalLimits.withDefaults()
 	res, err := approvalCreateScript.Run(ctx, r.client, r.approvalKeys(),
-		a.ID, body, a.Status, ms(now), ms(now.Add(ttl)), max(ttl.Milliseconds(), 1)).Text()
+		a.ID, body, a.Status, ms(now), ms(now.Add(ttl)), max(ttl.Milliseconds(), 1),
+		a.AgentID, a.RunID, lim.PerRun, lim.PerAgent).Text()
 	if err != nil {
 		return fmt.Errorf("riskstore: create approval %s: %w", a.ID, err)
 	}
-	if res == "conflict" {
+	switch res {
+	case "conflict":
 		return fmt.Errorf("riskstore: approval %s: %w", a.ID, ErrConflict)
+	case "limit":
+		return fmt.Errorf("riskstore: approval %s: too many pending approvals for its run or agent: %w", a.ID, ErrLimit)
 	}
 	return nil
 }

@@ -234,12 +234,23 @@ end
 return {o, p}
 `)
 
-// Approvals live in four hashes under one hash tag so a listing is one slot:
-// body (the approval as created, JSON), status, decision (JSON of who/when/why)
-// and exp (a sorted set of expiry times in ms of the store's clock). Expired
-// entries are swept lazily, a bounded number per call.
+// Approvals live in five keys under one hash tag so a listing is one slot:
+// body (the approval as created, JSON), status, decision (JSON of who/when/why),
+// exp (a sorted set of expiry times in ms of the store's clock) and pending
+// (counts of pending approvals per agent "a:<agent>" and per run
+// "r:<agent>|<run>", for the bounds). Expired entries are swept lazily, a
+// bounded number per call.
 const approvalLib = `
+local function unpend(id)
+  if redis.call('HGET', KEYS[2], id) ~= 'pending' then return end
+  local ok, doc = pcall(cjson.decode, redis.call('HGET', KEYS[1], id) or '')
+  if not ok or type(doc) ~= 'table' then return end
+  local a, r = tostring(doc.agent_id), tostring(doc.agent_id) .. '|' .. tostring(doc.run_id)
+  if redis.call('HINCRBY', KEYS[5], 'a:' .. a, -1) <= 0 then redis.call('HDEL', KEYS[5], 'a:' .. a) end
+  if redis.call('HINCRBY', KEYS[5], 'r:' .. r, -1) <= 0 then redis.call('HDEL', KEYS[5], 'r:' .. r) end
+end
 local function gone(id)
+  unpend(id)
   redis.call('HDEL', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
@@ -263,16 +274,25 @@ local function get(id)
 end
 `
 
-// ARGV: id, body, status, now ms, expiry ms, ttl ms.
+// ARGV: id, body, status, now ms, expiry ms, ttl ms, agent, run, max pending
+// per run, max pending per agent (0: unbounded).
 var approvalCreateScript = redis.NewScript(approvalLib + `
 local id, now = ARGV[1], ARGV[4]
 sweep(now)
 if alive(id, now) then return 'conflict' end
 gone(id)
+local fa, fr = 'a:' .. ARGV[7], 'r:' .. ARGV[7] .. '|' .. ARGV[8]
+if ARGV[3] == 'pending' then
+  local perRun, perAgent = tonumber(ARGV[9]), tonumber(ARGV[10])
+  if perRun > 0 and tonumber(redis.call('HGET', KEYS[5], fr) or '0') >= perRun then return 'limit' end
+  if perAgent > 0 and tonumber(redis.call('HGET', KEYS[5], fa) or '0') >= perAgent then return 'limit' end
+  redis.call('HINCRBY', KEYS[5], fa, 1)
+  redis.call('HINCRBY', KEYS[5], fr, 1)
+end
 redis.call('HSET', KEYS[1], id, ARGV[2])
 redis.call('HSET', KEYS[2], id, ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], id)
-for i = 1, 4 do keep(KEYS[i], ARGV[6]) end
+for i = 1, 5 do keep(KEYS[i], ARGV[6]) end
 return 'ok'
 `)
 
@@ -306,6 +326,7 @@ local id = ARGV[1]
 if not alive(id, ARGV[2]) then return {'notfound'} end
 local a = get(id)
 if a[2] ~= 'pending' then return {'conflict', a[1], a[2], a[3]} end
+unpend(id)
 redis.call('HSET', KEYS[2], id, ARGV[3])
 redis.call('HSET', KEYS[3], id, ARGV[4])
 keep(KEYS[3], redis.call('PTTL', KEYS[1]))

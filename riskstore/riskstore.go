@@ -310,8 +310,35 @@ type Approval struct {
 	Detail map[string]any `json:"detail,omitempty"`
 }
 
+// ApprovalLimits bound the pending approvals of one run and of one agent, so
+// an agent cannot flood the approvers' queue (or the store): CreateApproval
+// answers ErrLimit beyond them. Zero takes the default; negative is unbounded.
+type ApprovalLimits struct {
+	PerRun   int
+	PerAgent int
+}
+
+// Default approval bounds.
+const (
+	DefaultApprovalsPerRun   = 8
+	DefaultApprovalsPerAgent = 64
+)
+
+func (l ApprovalLimits) withDefaults() ApprovalLimits {
+	if l.PerRun == 0 {
+		l.PerRun = DefaultApprovalsPerRun
+	}
+	if l.PerAgent == 0 {
+		l.PerAgent = DefaultApprovalsPerAgent
+	}
+	l.PerRun, l.PerAgent = max(l.PerRun, 0), max(l.PerAgent, 0)
+	return l
+}
+
 // Approvals holds approvals. An approval is bound to one request and used once.
 type Approvals interface {
+	// CreateApproval records a; ErrLimit when a pending a would pass the
+	// store's ApprovalLimits for its run or agent.
 	CreateApproval(ctx context.Context, a Approval, ttl time.Duration) error
 	GetApproval(ctx context.Context, id string) (Approval, error)
 	ListApprovals(ctx context.Context, status string) ([]Approval, error)

@@ -89,6 +89,9 @@ func (s *scan) inflate(b []byte, kind string) ([]byte, error) {
 	var out bytes.Buffer
 	buf := make([]byte, 32<<10)
 	for {
+		if err := s.canceled(); err != nil {
+			return nil, err
+		}
 		n, err := r.Read(buf)
 		out.Write(buf[:n])
 		if out.Len() > limit {

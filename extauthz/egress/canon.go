@@ -33,6 +33,9 @@ func (s *scan) text(b []byte, loc string, depth int, m mask, derived bool) error
 	if len(b) == 0 {
 		return nil
 	}
+	if err := s.canceled(); err != nil {
+		return err
+	}
 	s.detect(b, loc, m, derived)
 	n, label := canonical(b)
 	if n != nil {
@@ -52,7 +55,19 @@ func (s *scan) charge(n int) error {
 	if s.budget < 0 {
 		return errBudget
 	}
-	return nil
+	return s.canceled()
+}
+
+// canceled is errCanceled once the caller gave up on the request (its Check
+// deadline passed): every decoding step stops there, so no body, however it is
+// built, is scanned past the deadline.
+func (s *scan) canceled() error {
+	select {
+	case <-s.req.Cancel:
+		return errCanceled
+	default:
+		return nil
+	}
 }
 
 // canonical returns the next view of b and a location label, or nil when no

@@ -48,6 +48,9 @@ type Request struct {
 	// UntrustedContext is true when the caller's provenance labels mark the
 	// context that led to this call as untrusted.
 	UntrustedContext bool
+	// Cancel, when closed, stops the inspection with an error (the Check's
+	// deadline passed): nil never cancels.
+	Cancel <-chan struct{}
 	// TrustFirstUserMessage: on an llm route, the route declares the first
 	// user message of a model call trusted (the end user's own words), so the
 	// context firewall does not inspect it for instruction injection unless
@@ -76,7 +79,7 @@ type Policy struct {
 type Limits struct {
 	MaxDepth             int // nested encoding layers decoded (default 4)
 	MaxDecodedBytes      int // bytes produced by all decoding in one request (default 64 MiB)
-	MaxDecompressedBytes int // absolute cap on a decompressed body (default 16 MiB)
+	MaxDecompressedBytes int // absolute cap on a decompressed body (default 4 MiB: 4× Envoy's default max_request_bytes)
 	MaxCompressionRatio  int // decompressed/compressed, enforced past 1 MiB of output (default 100)
 	MaxFindings          int // distinct findings kept (default 256)
 	MaxParts             int // multipart parts (default 256)
@@ -86,7 +89,7 @@ type Limits struct {
 const (
 	DefaultMaxDepth             = 4
 	DefaultMaxDecodedBytes      = 64 << 20
-	DefaultMaxDecompressedBytes = 16 << 20
+	DefaultMaxDecompressedBytes = 4 << 20
 	DefaultMaxCompressionRatio  = 100
 	DefaultMaxFindings          = 256
 	DefaultMaxParts             = 256
@@ -196,6 +199,7 @@ var (
 	errDecompressed = errors.New("egress: decompressed body over the size cap")
 	errRatio        = errors.New("egress: compression ratio over the cap")
 	errCorrupt      = errors.New("egress: compressed body is corrupt")
+	errCanceled     = errors.New("egress: the request's deadline passed during inspection")
 	errEncoding     = errors.New("egress: unsupported content-encoding")
 	errMultipart    = errors.New("egress: malformed multipart body")
 )

@@ -552,3 +552,22 @@ func TestCountsAndDedup(t *testing.T) {
 		t.Errorf("MaxFindings: %v %+v", err, r)
 	}
 }
+
+// TestInspectionStopsAtTheDeadline: a body that takes long to decode is not
+// scanned past the request's deadline: inspection stops with an error at the
+// next decoding step.
+func TestInspectionStopsAtTheDeadline(t *testing.T) {
+	t.Parallel()
+	in := newTestInspector(t, Limits{})
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(bytes.Repeat([]byte(`{"k":"`+strings.Repeat("A", 1000)+`"}`), 2000))
+	zw.Close()
+	done := make(chan struct{})
+	close(done)
+	_, err := in.Inspect(&Request{Method: "POST", Path: "/", Authority: "h", RouteHost: "h", ToolClass: "read",
+		ContentType: "application/json", ContentEncoding: "gzip", Body: gz.Bytes(), Cancel: done}, &Policy{})
+	if err == nil {
+		t.Fatal("inspection ran past a passed deadline")
+	}
+}

@@ -60,6 +60,7 @@ const (
 	RiskHalt         Code = "risk_halt"
 	ApprovalRequired Code = "approval_required"
 	ApprovalInvalid  Code = "approval_invalid"
+	ApprovalLimit    Code = "approval_limit"    // too many approvals pending for the run or agent
 	DuplicateRequest Code = "duplicate_request" // Envoy retry of a committed request id
 	DryRun           Code = "dry_run"
 	EgressBlocked    Code = "egress_blocked"
