@@ -183,6 +183,15 @@ func TestMatchedValuesNeverLeave(t *testing.T) {
 			}
 			responses = append(responses, fmt.Sprintf("%+v", res))
 		}
+		// Agent-written fields that are no payload: a provenance label, and
+		// the ids when the value fits an id's characters.
+		r := e.call(t, "demo-agent", "db.read", fmt.Sprintf("run-label-%d", i), `{"table":"t"}`)
+		r.headers["x-aisecops-provenance"] = b64(fmt.Sprintf(`[{"source_type":"tool","source_name":"note %s","trust_level":"internal"}]`, secret))
+		if !strings.ContainsAny(secret, "@") && len(secret) < 40 {
+			r.headers["x-aisecops-trace-id"] = secret
+			r.headers["x-aisecops-run-id"] = secret
+		}
+		responses = append(responses, fmt.Sprintf("%+v", e.check(t, r)))
 	}
 	auditData, err := os.ReadFile(e.audit)
 	if err != nil {

@@ -63,6 +63,9 @@ func inspect(ctx context.Context, p *plan.Plan, tool config.Tool, in Inspector) 
 	return f, asReason(err, reason.EgressBlocked)
 }
 
+// Redact implements Inspector.
+func (e *EgressInspector) Redact(v string) string { return e.in.Redact(v) }
+
 // EgressInspector runs the egress package's inspector on the Check path.
 type EgressInspector struct{ in *egress.Inspector }
 

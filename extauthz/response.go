@@ -221,6 +221,19 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 	return r
 }
 
+// redactRecord passes every agent-written string of an audit record through
+// redact before it is written: ids, the MCP method, provenance labels. What
+// the agent wrote reaches the audit log only once inspected.
+func redactRecord(r *audit.Record, redact func(string) string) {
+	for _, f := range []*string{&r.RequestID, &r.RunID, &r.TraceID, &r.MCPMethod, &r.ApprovalID} {
+		*f = redact(*f)
+	}
+	for i := range r.ContextProvenance {
+		p := &r.ContextProvenance[i]
+		p.SourceType, p.SourceName, p.TrustLevel, p.SourceHash = redact(p.SourceType), redact(p.SourceName), redact(p.TrustLevel), redact(p.SourceHash)
+	}
+}
+
 // auditReasons are the decision's reasons as the audit record keeps them, and
 // the sorted, distinct controls they enforce.
 func auditReasons(rs []policy.Reason) ([]audit.Reason, []string) {

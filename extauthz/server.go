@@ -60,6 +60,9 @@ type Policies interface {
 type Inspector interface {
 	// ctx bounds the inspection: it stops when ctx ends.
 	Inspect(ctx context.Context, p *plan.Plan, tool config.Tool, untrustedContext bool) (Inspection, error)
+	// Redact returns an agent-written string as it may be stored: unchanged,
+	// or a keyed hash when it carries a secret or personal data.
+	Redact(v string) string
 }
 
 // RunStore is the run state as the Check path uses it.
@@ -237,6 +240,9 @@ func (s *Server) begin() *outcome {
 // then observes the outcome.
 func (s *Server) finish(ctx context.Context, o *outcome) {
 	rec := o.record(s.cfg.Clock().Sub(o.start))
+	if in := s.cfg.Inspector; in != nil {
+		redactRecord(rec, in.Redact)
+	}
 	if err := s.cfg.Audit.Write(rec); err != nil {
 		s.metrics.auditFailures.Inc()
 		s.log.Error("audit write failed; denying", "decision_id", o.id, "err", err)
@@ -255,7 +261,11 @@ func (s *Server) logDecision(ctx context.Context, o *outcome) {
 		attrs = append(attrs, slog.String("tool", o.plan.Route.Tool))
 	}
 	if o.who != nil {
-		attrs = append(attrs, slog.String("run_id", o.who.Run.ID))
+		run := o.who.Run.ID
+		if in := s.cfg.Inspector; in != nil {
+			run = in.Redact(run)
+		}
+		attrs = append(attrs, slog.String("run_id", run))
 	}
 	codes := make([]string, len(o.verdict.Reasons))
 	for i, r := range o.verdict.Reasons {

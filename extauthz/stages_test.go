@@ -227,6 +227,8 @@ type fakeInspector struct {
 	err      error
 }
 
+func (f fakeInspector) Redact(v string) string { return v }
+
 func (f fakeInspector) Inspect(context.Context, *plan.Plan, config.Tool, bool) (Inspection, error) {
 	return Inspection{Findings: f.findings}, f.err
 }

@@ -120,6 +120,7 @@ type authz struct {
 	srv        *extauthz.Server
 	ready      map[string]httpapi.ReadyFunc
 	warnings   map[string]string
+	inspector  *extauthz.EgressInspector
 }
 
 // startAuthz builds the decision path, then serves it.
@@ -186,8 +187,7 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	if err != nil {
 		return nil, err
 	}
-	inspector, err := extauthz.NewEgressInspector([]byte(findingKey))
-	if err != nil {
+	if a.inspector, err = extauthz.NewEgressInspector([]byte(findingKey)); err != nil {
 		return nil, err
 	}
 	if a.audit, err = audit.Open(o.auditPath(), audit.Options{Fsync: o.auditFsync}); err != nil {
@@ -208,7 +208,7 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	}
 	a.srv, err = extauthz.New(extauthz.Config{
 		Revocations: a.revs,
-		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: inspector,
+		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: a.inspector,
 		Verifier: verifier, Policy: a.engine, Audit: a.audit,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})
@@ -479,7 +479,7 @@ func newTokenService(ctx context.Context, o *options, a *authz, log *slog.Logger
 	return tokenservice.New(tokenservice.Config{
 		Signer: a.signer, Issuer: o.tokenIssuer, Audience: o.tokenAudience, MaxTTL: o.maxTokenTTL,
 		Workload: wv, AgentLookup: a.dir.Agent, ToolLookup: a.dir.Tool, WorkloadLookup: a.dir.WorkloadAgent,
-		AgentNamespace: agentNamespace, Revocations: a.revs, Runs: a.store,
+		AgentNamespace: agentNamespace, Revocations: a.revs, Runs: a.store, Redact: a.inspector.Redact,
 		Policy: a.engine, Audit: a.audit, PolicyVersion: a.engine.Version, Logger: log, Registerer: reg,
 	})
 }

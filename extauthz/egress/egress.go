@@ -229,3 +229,20 @@ func skipHeader(name string) bool {
 		strings.HasPrefix(name, "x-aisecops-") || strings.HasPrefix(name, ":") ||
 		name == "host"
 }
+
+// Redact returns v unchanged, or "redacted:" and the keyed hash of v when a
+// secret or personal-data detector finds something in it (after the same
+// canonicalisation as a request). Callers pass every agent-written string they
+// are about to store (provenance labels, ids, method names), so an agent
+// cannot smuggle a secret into the audit log through a field nobody inspects;
+// equal values keep equal replacements, so correlation survives.
+func (in *Inspector) Redact(v string) string {
+	if v == "" {
+		return v
+	}
+	s := newScan(in, &Request{}, &Policy{})
+	if err := s.text([]byte(v), "value", 0, mSecret|mPII, false); err == nil && len(s.col.list) == 0 {
+		return v
+	}
+	return "redacted:" + in.hash([]byte(v))
+}

@@ -571,3 +571,27 @@ func TestInspectionStopsAtTheDeadline(t *testing.T) {
 		t.Fatal("inspection ran past a passed deadline")
 	}
 }
+
+// TestRedact: agent-written strings carrying a secret or personal data are
+// replaced by a stable keyed hash; ordinary ones pass.
+func TestRedact(t *testing.T) {
+	t.Parallel()
+	in := newTestInspector(t, Limits{})
+	for v, redacted := range map[string]bool{
+		"retrieval":       false,
+		"kb_search":       false,
+		"run-42":          false,
+		awsKey:            true,
+		"label " + awsKey: true,
+		base64.StdEncoding.EncodeToString([]byte("aws_secret_access_key=" + awsSecret)): true,
+		"alice@example.org": true,
+	} {
+		got := in.Redact(v)
+		if (got != v) != redacted || (redacted && (!strings.HasPrefix(got, "redacted:") || strings.Contains(got, v))) {
+			t.Errorf("Redact(%q) = %q, want redacted %v", v, got, redacted)
+		}
+		if in.Redact(v) != got {
+			t.Errorf("Redact(%q) is not stable", v)
+		}
+	}
+}

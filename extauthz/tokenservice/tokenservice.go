@@ -127,6 +127,10 @@ type Config struct {
 	Runs RunClaimer
 	// RunTTL is how long a claimed run id stays its agent's (default 24h).
 	RunTTL time.Duration
+	// Redact passes agent-written strings (the run id, the request id) before
+	// they reach the audit log (nil: unchanged; the server wires the egress
+	// inspector's, which hashes secrets and personal data).
+	Redact func(string) string
 	Policy Evaluator
 	// EvalTimeout bounds a policy evaluation. Default DefaultEvalTimeout.
 	EvalTimeout time.Duration
@@ -184,6 +188,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.RunTTL <= 0 {
 		cfg.RunTTL = riskstore.DefaultTTL
+	}
+	if cfg.Redact == nil {
+		cfg.Redact = func(v string) string { return v }
 	}
 	if cfg.WorkloadLookup == nil {
 		cfg.WorkloadLookup = func(string) (config.Agent, bool) { return config.Agent{}, false }
@@ -391,8 +398,8 @@ func (s *Service) record(r *http.Request, start time.Time, o *outcome) *audit.Re
 		TS:            start.UTC(),
 		DecisionID:    newID(),
 		Event:         EventRefused,
-		RequestID:     requestID(r),
-		RunID:         o.runID,
+		RequestID:     s.cfg.Redact(requestID(r)),
+		RunID:         s.cfg.Redact(o.runID),
 		AgentID:       o.agentID,
 		Tool:          o.tool,
 		ToolClass:     o.toolClass,
