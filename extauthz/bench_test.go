@@ -3,6 +3,10 @@ package extauthz_test
 import (
 	"context"
 	"fmt"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/aisecops/aisecops-envoy/extauthz"
 	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"strings"
 	"testing"
@@ -55,3 +59,32 @@ func benchRequest(b *testing.B, e *env) *envoy_service_auth_v3.CheckRequest {
 	}
 	return cr
 }
+
+// BenchmarkCheckTraced is BenchmarkCheck with tracing on: a span per Check and
+// per stage, exported in batches to an exporter that drops them (the cost is
+// ours and the SDK's, not a network's).
+//
+//	go test ./extauthz -run '^$' -bench 'BenchmarkCheck(Traced)?$' -benchmem
+func BenchmarkCheckTraced(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))
+	defer tp.Shutdown(context.Background())
+	e := newEnv(b, func(c *extauthz.Config) { c.Tracer = tp.Tracer("bench") })
+	cr := benchRequest(b, e)
+	httpReq := cr.Attributes.Request.Http
+	httpReq.Headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		httpReq.Id = fmt.Sprintf("req-%d", i)
+		httpReq.Headers["x-aisecops-run-id"] = fmt.Sprintf("bench-run-%d", i%1000)
+		if resp, _ := e.srv.Check(ctx, cr); resp.GetOkResponse() == nil {
+			b.Fatal("denied")
+		}
+	}
+}
+
+type discardExporter struct{}
+
+func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardExporter) Shutdown(context.Context) error                             { return nil }

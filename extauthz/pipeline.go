@@ -48,22 +48,35 @@ type outcome struct {
 	verdict    Verdict
 	receipt    Receipt
 	trace      []traceStage
+
+	// timed: stages record when they end (a tracer is configured).
+	timed bool
+	// traceID is the W3C trace id of the Check's span, or of the traceparent
+	// the request carried when no tracer is configured ("" when neither).
+	traceID string
 }
 
 type traceStage struct {
-	Stage  string `json:"stage"`
-	Result string `json:"result"`
+	Stage  string    `json:"stage"`
+	Result string    `json:"result"`
+	at     time.Time // when the stage ended, when timed
 }
 
 // stage records a stage's result in the trace; a non-nil err ends the Check
 // with a deny carrying its code (true).
 func (o *outcome) stage(name string, err *reason.Error) bool {
+	st := traceStage{Stage: name, Result: "ok"}
 	if err != nil {
-		o.trace = append(o.trace, traceStage{name, string(err.Code)})
+		st.Result = string(err.Code)
+	}
+	if o.timed {
+		st.at = time.Now()
+	}
+	o.trace = append(o.trace, st)
+	if err != nil {
 		o.fail(err)
 		return true
 	}
-	o.trace = append(o.trace, traceStage{name, "ok"})
 	return false
 }
 

@@ -177,6 +177,7 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 		ApprovalID:        v.ApprovalID,
 		Committed:         o.receipt.Committed,
 		LatencyUS:         latency.Microseconds(),
+		OTelTraceID:       o.traceID,
 		ContextProvenance: []audit.Provenance{},
 		EgressFindings:    o.findings.List,
 		BudgetConsumption: map[string]float64{},

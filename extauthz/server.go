@@ -27,6 +27,7 @@ import (
 
 	envoy_service_auth_v3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
@@ -109,6 +110,10 @@ type Config struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Clock      func() time.Time
+	// Tracer, when set, traces every Check (a span per Check, a child per
+	// stage, parented to the request's traceparent). nil: tracing is off
+	// and costs nothing.
+	Tracer trace.Tracer
 
 	// CheckTimeout bounds a Check when Envoy sent no deadline (default 1s).
 	CheckTimeout time.Duration
@@ -199,8 +204,10 @@ func (s *Server) Check(ctx context.Context, req *envoy_service_auth_v3.CheckRequ
 	}()
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
+	ctx, span := s.startSpan(ctx, o, req)
 	s.run(ctx, o, req, modeCheck)
 	s.finish(ctx, o)
+	s.endSpan(ctx, span, o)
 	return o.response(), nil
 }
 
@@ -218,8 +225,10 @@ func (s *Server) Explain(ctx context.Context, req *envoy_service_auth_v3.CheckRe
 	}()
 	ctx, cancel := s.deadline(ctx)
 	defer cancel()
+	ctx, span := s.startSpan(ctx, o, req)
 	s.run(ctx, o, req, modeExplain)
 	s.finish(ctx, o)
+	s.endSpan(ctx, span, o)
 	return o.body()
 }
 

@@ -206,7 +206,18 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	if a.tokens, err = newTokenService(ctx, o, a, log, reg, start); err != nil {
 		return nil, err
 	}
+	tracer, shutdown, err := newTracer(ctx, log)
+	if err != nil {
+		return nil, err
+	}
+	start("otel", func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return shutdown(sctx)
+	})
 	a.srv, err = extauthz.New(extauthz.Config{
+		Tracer:      tracer,
 		Revocations: a.revs,
 		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: a.inspector,
 		Verifier: verifier, Policy: a.engine, Audit: a.audit,

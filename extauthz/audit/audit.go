@@ -56,6 +56,7 @@ type Record struct {
 	RequestID         string             `json:"request_id,omitempty"`
 	RunID             string             `json:"run_id"`
 	TraceID           string             `json:"trace_id"`
+	OTelTraceID       string             `json:"otel_trace_id,omitempty"` // W3C trace id of the Check's span or the agent's traceparent
 	AgentID           string             `json:"agent_id"`
 	Tool              string             `json:"tool"`
 	ToolClass         string             `json:"tool_class"`
