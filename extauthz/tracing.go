@@ -25,7 +25,9 @@ import (
 var propagator = propagation.TraceContext{}
 
 // headerCarrier reads a CheckRequest's headers for the propagator.
-type headerCarrier struct{ req *envoy_service_auth_v3.CheckRequest }
+type headerCarrier struct {
+	req *envoy_service_auth_v3.CheckRequest
+}
 
 func (c headerCarrier) Get(key string) string {
 	hr := c.req.GetAttributes().GetRequest().GetHttp()
