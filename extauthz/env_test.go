@@ -373,6 +373,7 @@ type result struct {
 	body    extauthz.Body
 	headers map[string]string // allow: headers set upstream; deny: response headers
 	removed []string
+	rpc     int // a denial answered in JSON-RPC: how many requests it answers
 }
 
 func (e *env) check(t testing.TB, r req) result {
@@ -413,6 +414,27 @@ func decode(t testing.TB, resp *envoy_service_auth_v3.CheckResponse) result {
 	res.status = int(d.GetStatus().GetCode())
 	for _, h := range d.GetHeaders() {
 		res.headers[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	body := strings.TrimLeft(d.GetBody(), "[")
+	if strings.HasPrefix(body, `{"jsonrpc"`) {
+		// An MCP answer: JSON-RPC errors carrying the decision in their data.
+		var answers []struct {
+			ID    json.RawMessage
+			Error struct {
+				Code    int
+				Message string
+				Data    extauthz.Body
+			}
+		}
+		raw := []byte(d.GetBody())
+		if raw[0] == '{' {
+			raw = append(append([]byte("["), raw...), ']')
+		}
+		if err := json.Unmarshal(raw, &answers); err != nil || len(answers) == 0 {
+			t.Fatalf("denied JSON-RPC body is not valid: %v: %s", err, d.GetBody())
+		}
+		res.rpc, res.body = len(answers), answers[0].Error.Data
+		return res
 	}
 	if err := json.Unmarshal([]byte(d.GetBody()), &res.body); err != nil {
 		t.Fatalf("denied body is not JSON: %v: %s", err, d.GetBody())

@@ -113,6 +113,12 @@ func (o *outcome) response() *envoy_service_auth_v3.CheckResponse {
 	if err != nil {
 		body = fmt.Appendf(nil, `{"decision":"deny","reasons":[{"code":"internal_error"}],"decision_id":%q}`, o.id)
 	}
+	if rpc, ok := o.rpcAnswer(); ok && !o.dry {
+		// An MCP client reads a JSON-RPC answer, not an HTTP status: each
+		// request of the body gets an error with its own id, the decision in
+		// its data. The HTTP status is 200 so the client parses it.
+		status, body = http.StatusOK, rpc
+	}
 	return &envoy_service_auth_v3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied)},
 		HttpResponse: &envoy_service_auth_v3.CheckResponse_DeniedResponse{DeniedResponse: &envoy_service_auth_v3.DeniedHttpResponse{
@@ -125,6 +131,59 @@ func (o *outcome) response() *envoy_service_auth_v3.CheckResponse {
 			Body: string(body),
 		}},
 	}
+}
+
+// JSON-RPC error codes of a refused MCP request (the implementation-defined
+// server error range).
+const (
+	rpcDenied           = -32001
+	rpcApprovalRequired = -32002
+)
+
+// rpcAnswer is the JSON-RPC answer of a refused MCP body: an error response
+// for every request in it (by id), carrying the decision, reasons, decision id
+// and approval id in the error's data. ok is false when the body holds no
+// request to answer (notifications only, or not MCP).
+func (o *outcome) rpcAnswer() ([]byte, bool) {
+	p := o.plan
+	if p == nil || p.Source != plan.SourceMCP {
+		return nil, false
+	}
+	code, msg := rpcDenied, "denied by the gateway"
+	if o.verdict.Decision == policy.RequireApproval {
+		code, msg = rpcApprovalRequired, "a human must approve this call"
+	}
+	if len(o.verdict.Reasons) > 0 && o.verdict.Reasons[0].Message != "" {
+		msg += ": " + o.verdict.Reasons[0].Message
+	}
+	data := o.body()
+	type rpcError struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+		Data    Body   `json:"data"`
+	}
+	type answer struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Error   rpcError        `json:"error"`
+	}
+	var out []answer
+	for _, id := range p.RPCIDs {
+		if id != nil {
+			out = append(out, answer{JSONRPC: "2.0", ID: id, Error: rpcError{Code: code, Message: msg, Data: data}})
+		}
+	}
+	var b []byte
+	var err error
+	switch {
+	case len(out) == 0:
+		return nil, false
+	case len(p.RPCIDs) == 1:
+		b, err = json.Marshal(out[0])
+	default:
+		b, err = json.Marshal(out)
+	}
+	return b, err == nil
 }
 
 // headersToRemove strips the token and every x-aisecops-* input before the

@@ -2,6 +2,7 @@ package extauthz_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -385,7 +386,7 @@ func TestMalformedInputDenied(t *testing.T) {
 		}, "batch_rejected", 403},
 		"batch second element other tool": {func(r *req) {
 			r.body = `[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"shell.exec"}}]`
-		}, "tool_mismatch", 403},
+		}, "tool_mismatch", 200}, // answered in JSON-RPC, one error per request
 		"non-UTF-8 body":     {func(r *req) { r.body = "{\"tool\":\"db.read\",\"arguments\":{\"a\":\"\xff\xfe\"}}" }, "bad_plan", 403},
 		"bad plan header":    {func(r *req) { r.headers["x-aisecops-plan"] = "!!!" }, "bad_plan", 403},
 		"plan conflict":      {func(r *req) { r.headers["x-aisecops-plan"] = b64(`{"tool":"db.read","arguments":{"a":2}}`) }, "plan_conflict", 403},
@@ -564,5 +565,45 @@ func TestPanicAfterDecidingDenies(t *testing.T) {
 		if res.allowed || res.status != 503 || res.code() != "internal_error" {
 			t.Fatalf("panic after deciding: allowed=%v status=%d code=%s", res.allowed, res.status, res.code())
 		}
+	}
+}
+
+// TestMCPDenialsAreJSONRPC: on an MCP route a refused request is answered in
+// JSON-RPC (its own id, an error carrying the decision), which an MCP client
+// reports with our reason; a body without a request gets the plain denial.
+func TestMCPDenialsAreJSONRPC(t *testing.T) {
+	e := newEnv(t)
+	mcp := func(body string) req {
+		r := e.call(t, "demo-agent", "docs.search", "run-mcp-rpc", "")
+		r.path, r.host, r.body = "/mcp", e.host("docs.search"), body
+		return r
+	}
+	r := mcp(`{"jsonrpc":"2.0","id":"call-7","method":"tools/call","params":{"name":"delete_all","arguments":{}}}`)
+	resp, err := e.client.Check(context.Background(), r.build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := resp.GetDeniedResponse()
+	var answer struct {
+		JSONRPC string
+		ID      string
+		Error   struct {
+			Code    int
+			Message string
+			Data    extauthz.Body
+		}
+	}
+	if err := json.Unmarshal([]byte(d.GetBody()), &answer); err != nil {
+		t.Fatalf("not a JSON-RPC answer: %s", d.GetBody())
+	}
+	if d.GetStatus().GetCode() != 200 || answer.JSONRPC != "2.0" || answer.ID != "call-7" || answer.Error.Code != -32001 ||
+		!strings.Contains(answer.Error.Message, "MCP tool") || answer.Error.Data.Reasons[0].Code != "tool_mismatch" || answer.Error.Data.DecisionID == "" {
+		t.Fatalf("answer %d %+v", d.GetStatus().GetCode(), answer)
+	}
+	// A notification has nobody waiting for an answer: the plain denial.
+	r = mcp(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	r.headers["authorization"] = "Bearer forged"
+	if res := e.check(t, r); res.rpc != 0 || res.status != 403 {
+		t.Fatalf("notification: %+v", res)
 	}
 }

@@ -14,6 +14,7 @@ type bodyInfo struct {
 	source     Source
 	mcpMethod  string
 	mcpMethods []string
+	rpcIDs     []json.RawMessage
 	agentID    string
 	traceID    string
 	call       *Call
@@ -123,7 +124,7 @@ func parseObjectBody(doc *value, mcpRoute bool) (bodyInfo, error) {
 		if err != nil {
 			return bodyInfo{}, err
 		}
-		return bodyInfo{source: SourceMCP, mcpMethod: method, mcpMethods: []string{method}, call: call}, nil
+		return bodyInfo{source: SourceMCP, mcpMethod: method, mcpMethods: []string{method}, rpcIDs: []json.RawMessage{rpcID(doc)}, call: call}, nil
 	case isPlan:
 		pd, err := parsePlanObject(doc, false)
 		if err != nil {
@@ -190,6 +191,7 @@ func parseBatch(doc *value, mcpRoute bool, o Options) (bodyInfo, error) {
 			return bodyInfo{}, err
 		}
 		bi.mcpMethods = append(bi.mcpMethods, method)
+		bi.rpcIDs = append(bi.rpcIDs, rpcID(e))
 		if call != nil {
 			if bi.call != nil {
 				return bodyInfo{}, reason.New(reason.BatchRejected, "JSON-RPC batch makes more than one tool call")
@@ -206,6 +208,19 @@ func parseBatch(doc *value, mcpRoute bool, o Options) (bodyInfo, error) {
 		bi.mcpMethod = mcpBatch
 	}
 	return bi, nil
+}
+
+// rpcID is the canonical id of a JSON-RPC message (nil for a notification or
+// a response), so an answer can name the request it answers.
+func rpcID(msg *value) json.RawMessage {
+	id, ok := msg.get("id")
+	if !ok || id.kind == kindNull {
+		return nil
+	}
+	if _, isReq := msg.get("method"); !isReq {
+		return nil
+	}
+	return canonical(id)
 }
 
 // parseRPC checks one JSON-RPC 2.0 message and returns its method ("" for a

@@ -202,6 +202,7 @@ func merge(p *Plan, bi bodyInfo, hp *planDoc) error {
 	p.Source = bi.source
 	p.MCPMethod = bi.mcpMethod
 	p.MCPMethods = bi.mcpMethods
+	p.RPCIDs = bi.rpcIDs
 	p.AgentID = bi.agentID
 	if bi.call != nil {
 		p.Calls = []Call{*bi.call}

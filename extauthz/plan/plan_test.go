@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -302,7 +303,7 @@ func TestFromCheckRequestOK(t *testing.T) {
 				t.Fatalf("FromCheckRequest: %v", err)
 			}
 			// Headers (what egress inspection sees) has its own test.
-			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Plan{}, "Headers"), cmpopts.IgnoreUnexported(Plan{})); diff != "" {
+			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Plan{}, "Headers", "RPCIDs"), cmpopts.IgnoreUnexported(Plan{})); diff != "" {
 				t.Errorf("plan (-want +got):\n%s", diff)
 			}
 		})
@@ -759,5 +760,31 @@ func TestOptionsDefaults(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("withDefaults (-want +got):\n%s", diff)
+	}
+}
+
+// TestRPCIDs: every request of an MCP body keeps its id, so a denial can answer
+// it in JSON-RPC; notifications and responses have none.
+func TestRPCIDs(t *testing.T) {
+	t.Parallel()
+	r := Route{Tool: "docs", ToolClass: "read", Trust: "internal", RouteVersion: "v", MCPTools: []string{"search"}}
+	resolve := func(map[string]string, string, string, string) (Route, error) { return r, nil }
+	for body, want := range map[string][]string{
+		`{"jsonrpc":"2.0","id":7,"method":"tools/list"}`:                                                                              {"7"},
+		`{"jsonrpc":"2.0","id":"a b","method":"tools/list"}`:                                                                          {`"a b"`},
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`:                                                                      {""},
+		`[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"result":{}},{"jsonrpc":"2.0","id":null,"method":"ping"}]`: {"1", "", ""},
+	} {
+		p, err := Parse(newCheck().withBody(body).build(), Options{}, resolve)
+		if err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		var got []string
+		for _, id := range p.RPCIDs {
+			got = append(got, string(id))
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: ids %q, want %q", body, got, want)
+		}
 	}
 }

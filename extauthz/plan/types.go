@@ -66,7 +66,11 @@ type Plan struct {
 	// MCPMethods is the method of every message of an MCP body in order ("" for a
 	// JSON-RPC response), so policy can see every element of a batch.
 	MCPMethods []string
-	Calls      []Call // tool invocations; at most one per Check (see package doc)
+	// RPCIDs is the id of every message of an MCP body in order (nil for a
+	// notification or a response), so a denial can answer each request in
+	// JSON-RPC.
+	RPCIDs []json.RawMessage
+	Calls  []Call // tool invocations; at most one per Check (see package doc)
 
 	// InputHeaders lists the names of every x-aisecops-* header, and of
 	// authorization except on llm routes, that the request carried: they are
