@@ -61,6 +61,10 @@ type Assessment struct {
 	// TTL is the run's idle lifetime: a refused or halted run must outlive the
 	// agent's budget window, or a fresh run would come back sooner.
 	TTL time.Duration
+	// Elapsed is the run's age at this step and Agent the agent's use of its
+	// current window, as the consumption was computed from them.
+	Elapsed time.Duration
+	Agent   riskstore.AgentUsage
 }
 
 // limits are the agent's budgets as the store checks them.
@@ -87,13 +91,13 @@ func assess(p *plan.Plan, who *Principal, f Findings, rv RunView, rules []risk.E
 	}
 	a := Assessment{Limits: limits(who.Agent), TTL: max(runTTL, time.Duration(who.Agent.AgentBudgets.Window))}
 	st.Agent = st.Agent.Current(a.Limits.AgentWindow, now)
+	a.Agent = st.Agent
 	write := r.ToolClass == config.ClassWrite
 	cost := config.Micros(r.Cost)
-	var elapsed int64
 	if !st.StartedAt.IsZero() {
-		elapsed = int64(now.Sub(st.StartedAt))
+		a.Elapsed = now.Sub(st.StartedAt)
 	}
-	a.Consumption = risk.Consumption(st, a.Limits, write, cost, elapsed)
+	a.Consumption = risk.Consumption(st, a.Limits, write, cost, int64(a.Elapsed))
 	labels := make([]string, len(p.Provenance))
 	for i, l := range p.Provenance {
 		labels[i] = l.TrustLevel

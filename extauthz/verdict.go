@@ -71,7 +71,8 @@ func policyInput(now time.Time, p *plan.Plan, who *Principal, f Findings, rv Run
 			TotalBefore: st.RiskTotal, Total: st.RiskTotal + a.Factors.Step, Escalations: a.Factors.Escalations},
 		Budget: policy.Budget{Consumption: a.Consumption, Exceeded: a.Exceeded},
 		Run: policy.Run{ID: who.Run.ID, ToolCalls: st.ToolCalls, WriteOps: st.WriteOps,
-			Cost: float64(st.CostMicros) / 1e6, Facts: st.Facts},
+			Cost: float64(st.CostMicros) / 1e6, Facts: st.Facts, ElapsedNS: int64(a.Elapsed),
+			AgentToolCalls: a.Agent.ToolCalls, AgentCost: float64(a.Agent.CostMicros) / 1e6},
 		Approval: ap,
 		Findings: f.List,
 	}

@@ -129,6 +129,12 @@ type Run struct {
 	// Facts are the run's sticky facts (package risk names them): what any
 	// earlier step of the run read, consumed or carried.
 	Facts []string `json:"facts"`
+	// ElapsedNS is the run's age at this step (the store's clock);
+	// AgentToolCalls and AgentCost the agent's use of its current budget
+	// window before this step. A replay recomputes budgets from them.
+	ElapsedNS      int64   `json:"elapsed_ns"`
+	AgentToolCalls int64   `json:"agent_tool_calls"`
+	AgentCost      float64 `json:"agent_cost"`
 	// Tainted: an earlier step consumed untrusted context (Derive).
 	Tainted bool `json:"tainted"`
 	// ReadInternal: an earlier step read internal data (Derive).

@@ -271,6 +271,9 @@ func (c *converter) run(r *Run) ast.Value {
 		item("write_operations", intNum(r.WriteOps)),
 		item("cost", c.num("run.cost", r.Cost)),
 		item("facts", stringArray(r.Facts)),
+		item("elapsed_ns", intNum(r.ElapsedNS)),
+		item("agent_tool_calls", intNum(r.AgentToolCalls)),
+		item("agent_cost", c.num("run.agent_cost", r.AgentCost)),
 		item("tainted", ast.Boolean(r.Tainted)),
 		item("read_internal", ast.Boolean(r.ReadInternal)),
 	)
