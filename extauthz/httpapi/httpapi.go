@@ -49,6 +49,9 @@ type Config struct {
 	// Public mounts handlers that authenticate their callers themselves (the
 	// token service checks workload credentials).
 	Public map[string]http.Handler
+	// Warnings are shown by /readyz without making it fail (plaintext
+	// listeners off loopback, allowed by --insecure-listeners).
+	Warnings map[string]string
 }
 
 // maxBody bounds every request body the API reads.
@@ -116,11 +119,16 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 			problems[name] = err.Error()
 		}
 	}
+	body := map[string]any{"ready": len(problems) == 0}
+	if len(a.cfg.Warnings) > 0 {
+		body["warnings"] = a.cfg.Warnings
+	}
 	if len(problems) > 0 {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "problems": problems})
+		body["problems"] = problems
+		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+	writeJSON(w, http.StatusOK, body)
 }
 
 // RequireAdmin lets a request through to next only with the admin bearer
