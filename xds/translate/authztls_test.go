@@ -75,6 +75,9 @@ func TestAuthzClusterTLS(t *testing.T) {
 			if err := envoyconfig.Validate(c); err != nil {
 				t.Fatal(err)
 			}
+			if err := envoyconfig.CheckMTLSCluster(c); err != nil {
+				t.Fatal(err)
+			}
 			if c.GetTransportSocket().GetName() != TLSSocket {
 				t.Fatalf("transport socket %v", c.GetTransportSocket())
 			}
