@@ -16,4 +16,7 @@ USER nonroot:nonroot
 # 9191 ext_authz gRPC, 8181 HTTP API and /metrics, 18000 xDS.
 EXPOSE 9191 8181 18000
 ENTRYPOINT ["/usr/local/bin/aisecops"]
+# With no flags `all` listens on 127.0.0.1 only (plaintext is loopback-only), so
+# nothing outside the container reaches it: pass --*-addr=:PORT with the TLS
+# flags, as deploy/docker-compose.yaml and deploy/kubernetes/ do.
 CMD ["all"]

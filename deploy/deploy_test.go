@@ -70,17 +70,34 @@ func checkCompose(c obj) []error {
 		}
 		ports, _ := dig(s, "ports").([]any)
 		expose, _ := dig(s, "expose").([]any)
-		if len(ports)+len(expose) == 0 {
+		oneShot := str(dig(s, "restart")) == "no" // a job that runs and exits (dev-certs)
+		if len(ports)+len(expose) == 0 && !oneShot {
 			errs = append(errs, fmt.Errorf("services.%s: no ports or expose", name))
 		}
-		deps, _ := dig(s, "depends_on").([]any)
-		for _, d := range deps {
-			if _, ok := services[str(d)]; !ok {
+		for _, d := range dependsOn(s) {
+			if _, ok := services[d]; !ok {
 				errs = append(errs, fmt.Errorf("services.%s.depends_on: no service %v", name, d))
 			}
 		}
 	}
 	return errs
+}
+
+// dependsOn lists a compose service's dependencies, in either of compose's
+// forms (a list of names, or a map of name to condition).
+func dependsOn(s any) []string {
+	var out []string
+	switch d := dig(s, "depends_on").(type) {
+	case []any:
+		for _, n := range d {
+			out = append(out, str(n))
+		}
+	case obj:
+		for n := range d {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // checkManifest returns every problem with one Kubernetes object.
@@ -248,7 +265,7 @@ func TestComposeWiring(t *testing.T) {
 	if _, ok := services[xh]; !ok {
 		t.Errorf("envoy.yaml ADS cluster %q: no compose service", xds)
 	}
-	if !argsContain(dig(services, xh, "command"), ":"+xp) {
+	if !argsContain(dig(services, xh, "command"), "--xds-addr=:"+xp) {
 		t.Errorf("service %s does not listen on :%s", xh, xp)
 	}
 	if !argsContain(dig(services, "authz", "command"), "--xds-server="+xds) {
@@ -442,6 +459,8 @@ func TestChecksCatchBrokenFiles(t *testing.T) {
 		"no image or build":  {"services": obj{"a": obj{"ports": []any{"1:1"}}}},
 		"no ports":           {"services": obj{"a": obj{"image": "x"}}},
 		"unknown depends_on": {"services": obj{"a": obj{"image": "x", "expose": []any{"1"}, "depends_on": []any{"b"}}}},
+		"unknown depends_on, map form": {"services": obj{"a": obj{"image": "x", "expose": []any{"1"},
+			"depends_on": obj{"b": obj{"condition": "service_started"}}}}},
 	}
 	for name, c := range composeTests {
 		t.Run("compose "+name, func(t *testing.T) {

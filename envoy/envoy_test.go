@@ -25,7 +25,11 @@ import (
 	"github.com/aisecops/aisecops-envoy/xds/translate"
 )
 
-var update = flag.Bool("update", false, "rewrite bootstrap-static.yaml from the bundled example")
+var update = flag.Bool("update", false, "rewrite bootstrap-static.yaml and bootstrap-static-tls.yaml from the bundled example")
+
+// exampleTLS is authz.tls as bootstrap-static-tls.yaml has it: the files
+// `aisecops dev-certs --out /etc/aisecops/certs` writes.
+var exampleTLS = &config.AuthzTLS{CAFile: "/etc/aisecops/certs/ca.crt", CertFile: "/etc/aisecops/certs/envoy.crt", KeyFile: "/etc/aisecops/certs/envoy.key"}
 
 // envoyYAMLs lists every Envoy bootstrap we ship: all YAML in envoy/, and the
 // YAML in deploy/ that has a bootstrap's top-level keys (deploy/ also holds
@@ -79,6 +83,42 @@ func TestShippedBootstrapsValidate(t *testing.T) {
 	}
 }
 
+// TestTLSBootstrapsUseMTLS: every -tls bootstrap reaches our gRPC servers
+// (the ADS cluster aisecops-xds, the ext_authz cluster aisecops-authz) the way
+// they accept: mTLS with ALPN h2 and the server's name verified.
+func TestTLSBootstrapsUseMTLS(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("*-tls.yaml")
+	if err != nil || len(files) < 2 {
+		t.Fatalf("TLS bootstraps %v: %v", files, err)
+	}
+	for _, p := range files {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := envoyconfig.ParseBootstrap(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, c := range b.GetStaticResources().GetClusters() {
+			if c.GetName() == "aisecops-xds" || c.GetName() == translate.AuthzCluster {
+				n++
+				if err := envoyconfig.CheckMTLSCluster(c); err != nil {
+					t.Errorf("%s: %v", p, err)
+				}
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s: neither aisecops-xds nor %s", p, translate.AuthzCluster)
+		}
+		if b.GetDynamicResources() != nil && b.GetNode().GetId() != "egress-envoy" {
+			t.Errorf("%s: node.id %q is not the node id of dev-certs' envoy.crt (egress-envoy)", p, b.GetNode().GetId())
+		}
+	}
+}
+
 func TestBrokenBootstrapsAreCaught(t *testing.T) {
 	t.Parallel()
 	static, err := os.ReadFile("bootstrap-static.yaml")
@@ -122,12 +162,16 @@ func TestBrokenBootstrapsAreCaught(t *testing.T) {
 }
 
 // staticBootstrap is the bundled example as a static bootstrap: the translated
-// Envoy resources with the route configuration inlined into the listener.
-func staticBootstrap(t *testing.T) *envoy_config_bootstrap_v3.Bootstrap {
+// Envoy resources with the route configuration inlined into the listener; with
+// tls, the example's authz.tls set to exampleTLS.
+func staticBootstrap(t *testing.T, tls bool) *envoy_config_bootstrap_v3.Bootstrap {
 	t.Helper()
 	f, err := config.Load("")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tls {
+		f.Authz.TLS = exampleTLS
 	}
 	res, err := translate.Translate(f, translate.Options{})
 	if err != nil {
@@ -162,12 +206,20 @@ func staticBootstrap(t *testing.T) *envoy_config_bootstrap_v3.Bootstrap {
 
 // TestStaticBootstrapIsTheExample keeps bootstrap-static.yaml equal to what the
 // control plane would push for the bundled example (context extensions and
-// route versions included). Regenerate with `go test ./envoy -run Static -update`.
+// route versions included), and bootstrap-static-tls.yaml to the same with
+// authz.tls. Regenerate with `go test ./envoy -run Static -update`.
 //
-// Not parallel: with -update it rewrites bootstrap-static.yaml, which the
-// parallel tests read; sequential tests finish before parallel ones resume.
+// Not parallel: with -update it rewrites the files, which the parallel tests
+// read; sequential tests finish before parallel ones resume.
 func TestStaticBootstrapIsTheExample(t *testing.T) {
-	want := staticBootstrap(t)
+	for file, tls := range map[string]bool{"bootstrap-static.yaml": false, "bootstrap-static-tls.yaml": true} {
+		checkStaticBootstrap(t, file, tls)
+	}
+}
+
+func checkStaticBootstrap(t *testing.T, file string, tls bool) {
+	t.Helper()
+	want := staticBootstrap(t, tls)
 	if *update {
 		js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(want)
 		if err != nil {
@@ -180,11 +232,17 @@ func TestStaticBootstrapIsTheExample(t *testing.T) {
 		head := "# Static egress Envoy bootstrap: the bundled example routes without a control plane.\n" +
 			"# Generated from xds/config/example.yaml by `go test ./envoy -run Static -update`;\n" +
 			"# envoy/envoy_test.go fails when it drifts from what `aisecops xds` would push.\n"
-		if err := os.WriteFile("bootstrap-static.yaml", append([]byte(head), y...), 0o644); err != nil {
+		if tls {
+			head += "# With authz.tls: Envoy calls ext_authz over mTLS with the files of\n" +
+				"# `aisecops dev-certs --out /etc/aisecops/certs` (serve --authz-tls-cert …).\n"
+		} else {
+			head += "# Plaintext to ext_authz: for `aisecops serve` on its loopback defaults.\n"
+		}
+		if err := os.WriteFile(file, append([]byte(head), y...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	data, err := os.ReadFile("bootstrap-static.yaml")
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +251,7 @@ func TestStaticBootstrapIsTheExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff(want, got, protocmp.Transform()); d != "" {
-		t.Fatalf("bootstrap-static.yaml drifted from the example (-want +got):\n%s", d)
+		t.Fatalf("%s drifted from the example (-want +got):\n%s", file, d)
 	}
 }
 
@@ -219,8 +277,10 @@ func TestGeneratedSnapshotsValidate(t *testing.T) {
 			t.Errorf("%s: %v", o.Flavour, err)
 		}
 	}
-	if err := envoyconfig.CheckBootstrap(staticBootstrap(t)); err != nil {
-		t.Fatal(err)
+	for _, tls := range []bool{false, true} {
+		if err := envoyconfig.CheckBootstrap(staticBootstrap(t, tls)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -48,6 +48,8 @@ type options struct {
 	workloadJWKSFile string
 	agentNamespace   string
 	revocationsFile  string
+
+	listen listenOptions // TLS, the loopback rule and limits: listen.go
 }
 
 func defaultHome() string {
@@ -74,9 +76,9 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.home, "home", defaultHome(), "state directory (development key, audit log, admin token)")
 	fs.StringVar(&o.config, "config", "", "routes and agents file (default: the bundled example)")
 	fs.StringVar(&o.policies, "policies", "", "Rego bundle directory (default: the bundled policies)")
-	fs.StringVar(&o.authzAddr, "authz-addr", ":9191", "ext_authz gRPC listen address")
-	fs.StringVar(&o.httpAddr, "http-addr", ":8181", "HTTP API, /metrics and health listen address")
-	fs.StringVar(&o.xdsAddr, "xds-addr", ":18000", "xDS control plane listen address")
+	fs.StringVar(&o.authzAddr, "authz-addr", defaultAuthzAddr, "ext_authz gRPC listen address")
+	fs.StringVar(&o.httpAddr, "http-addr", defaultHTTPAddr, "HTTP API, /metrics and health listen address")
+	fs.StringVar(&o.xdsAddr, "xds-addr", defaultXDSAddr, "xDS control plane listen address")
 	fs.StringVar(&o.xdsServer, "xds-server", "", "control plane to take agent budgets from over xDS (serve only; default: the --config file)")
 	fs.StringVar(&o.nodeID, "node-id", "aisecops-authz", "xDS node id of this authz replica")
 	fs.StringVar(&o.workloadIssuer, "workload-issuer", "", "issuer of workload credentials for POST /v1/tokens (empty: development credentials from `aisecops token --workload`)")
@@ -105,6 +107,7 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.signingKey, "signing-key", "", "PEM signing key (default: the development key in $AISECOPS_HOME)")
 	fs.StringVar(&o.jwksFile, "jwks-file", "", "JWKS file of token verification keys (besides the signing key)")
 	fs.StringVar(&o.jwksURL, "jwks-url", "", "JWKS URL of token verification keys (besides the signing key)")
+	addListenFlags(fs, &o.listen)
 	return fs, o
 }
 

@@ -35,6 +35,7 @@ commands:
   policy   test or evaluate a policy bundle: policy test [DIR] | policy eval --input FILE [DIR]
   audit    audit log tools: audit verify FILE
   api-token  a bearer token for the HTTP API: api-token --name N --roles operator,approver
+  dev-certs  a development CA and TLS certificates for every listener: dev-certs --out DIR [--hosts h1,h2]
 
 Every flag can also be set as AISECOPS_<NAME> (AISECOPS_REDIS_URL for --redis-url).
 Run 'aisecops <command> -h' for a command's flags.
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAPIToken(rest, stdout, stderr)
 	case "audit":
 		return runAudit(rest, stdout, stderr)
+	case "dev-certs":
+		return runDevCerts(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

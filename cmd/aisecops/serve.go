@@ -55,6 +55,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 	if err != nil {
 		return err
 	}
+	if err := o.checkListeners(authz, xdsPlane, log); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(o.home, 0o700); err != nil {
 		return fmt.Errorf("home %s: %w", o.home, err)
 	}
@@ -89,8 +92,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 		}
 	} else {
 		// The control plane alone still serves health, metrics and its status.
-		api := httpapi.Handler(httpapi.Config{Gatherer: reg, Auth: auth, Logger: log, Routes: extra})
-		if err := serveHTTP(ctx, o.httpAddr, api, log, start, nil); err != nil {
+		api := httpapi.Handler(httpapi.Config{Gatherer: reg, Auth: auth, Logger: log, Routes: extra, Warnings: o.listenWarnings()})
+		if err := serveHTTP(ctx, o, api, log, start, nil); err != nil {
 			return err
 		}
 	}
@@ -264,18 +267,21 @@ func loadSigner(o *options, log *slog.Logger) (capability.Signer, error) {
 // serve starts the ext_authz gRPC listener (with health and reflection) and
 // the HTTP API.
 func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg prometheus.Gatherer, start func(string, func() error), auth *httpapi.Auth, extra []httpapi.Route) error {
-	gs := grpc.NewServer()
+	gs, err := o.authzGRPCServer(log)
+	if err != nil {
+		return err
+	}
 	envoy_service_auth_v3.RegisterAuthorizationServer(gs, a.srv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs) // so grpcurl works without proto files
 	start("health", func() error { trackHealth(ctx, hs, a.ready); return nil })
-	if err := serveGRPC(ctx, "ext_authz gRPC", o.authzAddr, gs, log, start, hs.Shutdown); err != nil {
+	if err := serveGRPC(ctx, "ext_authz gRPC", o.authzAddr, o.listen.grpcMaxConns, gs, log, start, hs.Shutdown); err != nil {
 		return err
 	}
 	listRevocations, revoke := a.revs.Handlers()
 	api := httpapi.Handler(httpapi.Config{
-		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Warnings: a.warnings, Auth: auth, Logger: log,
+		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
 			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},               // authenticates agents itself
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
@@ -283,13 +289,14 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
 		}, extra...),
 	})
-	return serveHTTP(ctx, o.httpAddr, api, log, start, func() { a.audit.Close(); a.closeStore() })
+	return serveHTTP(ctx, o, api, log, start, func() { a.audit.Close(); a.closeStore() })
 }
 
-// serveGRPC listens on addr and serves gs until ctx ends, then stops it
-// gracefully (at most 10s; beforeStop runs first).
-func serveGRPC(ctx context.Context, name, addr string, gs *grpc.Server, log *slog.Logger, start func(string, func() error), beforeStop func()) error {
-	lis, err := net.Listen("tcp", addr)
+// serveGRPC listens on addr (at most maxConns connections at once) and serves
+// gs until ctx ends, then stops it gracefully (at most 10s; beforeStop runs
+// first).
+func serveGRPC(ctx context.Context, name, addr string, maxConns int, gs *grpc.Server, log *slog.Logger, start func(string, func() error), beforeStop func()) error {
+	lis, err := listenTCP(addr, maxConns)
 	if err != nil {
 		return fmt.Errorf("%s listen: %w", name, err)
 	}
@@ -313,13 +320,18 @@ func serveGRPC(ctx context.Context, name, addr string, gs *grpc.Server, log *slo
 	return nil
 }
 
-func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger, start func(string, func() error), onStop func()) error {
-	hl, err := net.Listen("tcp", addr)
+// serveHTTP serves h on --http-addr with the HTTP API's TLS and limits
+// (listen.go) until ctx ends.
+func serveHTTP(ctx context.Context, o *options, h http.Handler, log *slog.Logger, start func(string, func() error), onStop func()) error {
+	hsrv, err := o.httpServer(h, log)
+	if err != nil {
+		return err
+	}
+	hl, err := listenTCP(o.httpAddr, o.listen.httpMaxConns)
 	if err != nil {
 		return fmt.Errorf("http listen: %w", err)
 	}
-	log.Info("HTTP API listening", "addr", hl.Addr().String())
-	hsrv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	log.Info("HTTP API listening", "addr", hl.Addr().String(), "tls", hsrv.TLSConfig != nil)
 	start("http", func() error {
 		go func() {
 			<-ctx.Done()
@@ -330,7 +342,11 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 				onStop()
 			}
 		}()
-		if err := hsrv.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+		serve := hsrv.Serve
+		if hsrv.TLSConfig != nil {
+			serve = func(l net.Listener) error { return hsrv.ServeTLS(l, "", "") }
+		}
+		if err := serve(hl); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -530,4 +546,15 @@ func loadOrCreateSecret(path string) (string, error) {
 		return "", err
 	}
 	return s, nil
+}
+
+// mergeWarnings is the union of warning maps.
+func mergeWarnings(ms ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
 }

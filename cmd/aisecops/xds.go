@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 
 	"github.com/aisecops/aisecops-envoy/extauthz"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
@@ -44,7 +43,8 @@ func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus
 	if err != nil {
 		return nil, err
 	}
-	srv, err := xdsserver.New(ctx, xdsserver.Options{Logger: log, Registerer: reg, Groups: groups, StagedRollout: o.stagedRollout})
+	srv, err := xdsserver.New(ctx, xdsserver.Options{Logger: log, Registerer: reg, Groups: groups, StagedRollout: o.stagedRollout,
+		TrustDomain: o.xdsTrustDomain(), NodeTTL: o.listen.xdsNodeTTL, MaxNodes: o.listen.xdsMaxNodes})
 	if err != nil {
 		return nil, err
 	}
@@ -62,9 +62,12 @@ func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus
 		}
 		start("xds-watch", func() error { return srv.WatchFile(ctx, o.config) })
 	}
-	gs := grpc.NewServer()
+	gs, err := o.xdsGRPCServer(log)
+	if err != nil {
+		return nil, err
+	}
 	srv.Register(gs)
-	if err := serveGRPC(ctx, "xDS control plane", o.xdsAddr, gs, log, start, nil); err != nil {
+	if err := serveGRPC(ctx, "xDS control plane", o.xdsAddr, o.listen.grpcMaxConns, gs, log, start, nil); err != nil {
 		return nil, err
 	}
 	status := func(w http.ResponseWriter, _ *http.Request) {
@@ -95,11 +98,15 @@ func startXDS(ctx context.Context, o *options, log *slog.Logger, reg *prometheus
 // control plane over xDS, replacing both at once with each update; until the
 // first one arrives the local file (or the bundled example) decides.
 func subscribeAgents(ctx context.Context, o *options, dir *extauthz.Directory, log *slog.Logger) error {
-	err := agentsync.Subscribe(ctx, o.xdsServer, o.nodeID, func(f *config.File, version string) error {
+	dial, err := o.xdsDialOption(log)
+	if err != nil {
+		return err
+	}
+	err = agentsync.SubscribeWith(ctx, o.xdsServer, o.nodeID, func(f *config.File, version string) error {
 		dir.Set(f, "xds-"+version)
 		log.Info("directory updated over xDS", "version", version, "tools", len(f.Tools), "agents", len(f.Agents))
 		return nil
-	}, log)
+	}, log, dial)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

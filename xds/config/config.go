@@ -67,6 +67,24 @@ type Authz struct {
 	Address         string   `json:"address"` // host:port
 	Timeout         Duration `json:"timeout"`
 	MaxRequestBytes uint32   `json:"max_request_bytes"`
+	// TLS, when set, makes Envoy call the authz service over mTLS. Without it
+	// the call is plaintext, which the authz service accepts only on loopback.
+	TLS *AuthzTLS `json:"tls,omitempty"`
+}
+
+// AuthzTLS is Envoy's side of the mTLS connection to the authz service: files
+// on Envoy's host (or mounted Kubernetes Secrets), read by Envoy.
+type AuthzTLS struct {
+	// CAFile is the CA bundle that signed the authz service's certificate.
+	CAFile string `json:"ca_file"`
+	// CertFile and KeyFile are Envoy's client certificate and key; the authz
+	// service refuses TLS clients without one.
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	// SNI is the name sent and verified against the server certificate's DNS
+	// SANs; default the host of Address (for an IP address, no SNI is sent and
+	// the certificate must carry that IP as a SAN).
+	SNI string `json:"sni,omitempty"`
 }
 
 // Tool is one destination agents may call through the egress listener.
@@ -296,6 +314,16 @@ func (f *File) Validate() error {
 	}
 	if f.Authz.Address == "" {
 		bad("authz.address", "is required")
+	}
+	if t := f.Authz.TLS; t != nil {
+		for _, fl := range []struct{ name, path string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+			switch {
+			case fl.path == "":
+				bad("authz.tls."+fl.name, "is required")
+			case !strings.HasPrefix(fl.path, "/"):
+				bad("authz.tls."+fl.name, "must be an absolute path (Envoy resolves relative ones against its working directory)")
+			}
+		}
 	}
 	return errors.Join(append(errs, f.validateDirectory()...)...)
 }

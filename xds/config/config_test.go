@@ -61,3 +61,41 @@ func TestParseDirectoryIsParseForToolsAndAgents(t *testing.T) {
 		t.Fatalf("defaults not applied: %+v", withDefaults)
 	}
 }
+
+// TestAuthzTLSValidated: authz.tls names all three files, as absolute paths,
+// and every missing one is reported at once.
+func TestAuthzTLSValidated(t *testing.T) {
+	t.Parallel()
+	base := strings.Replace(string(Example()), "  max_request_bytes: 1048576\n", "  max_request_bytes: 1048576\n  tls: %s\n", 1)
+	tests := map[string]struct {
+		tls  string
+		want []string
+	}{
+		"complete":      {`{ca_file: /c/ca.crt, cert_file: /c/envoy.crt, key_file: /c/envoy.key, sni: authz}`, nil},
+		"empty":         {`{}`, []string{"authz.tls.ca_file: is required", "authz.tls.cert_file: is required", "authz.tls.key_file: is required"}},
+		"relative path": {`{ca_file: ca.crt, cert_file: /c/envoy.crt, key_file: /c/envoy.key}`, []string{"authz.tls.ca_file: must be an absolute path"}},
+		"unknown field": {`{ca_file: /c/ca.crt, cert_file: /c/e.crt, key_file: /c/e.key, verify: false}`, []string{"verify"}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			f, err := Parse("routes.yaml", []byte(strings.Replace(base, "%s", tc.tls, 1)))
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f.Authz.TLS == nil || f.Authz.TLS.SNI != "authz" {
+					t.Fatalf("tls %+v", f.Authz.TLS)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -9,12 +9,15 @@ package envoyconfig
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	envoy_config_bootstrap_v3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	envoy_config_cluster_v3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	envoy_config_listener_v3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	envoy_config_route_v3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	envoy_extensions_filters_network_http_connection_manager_v3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	envoy_extensions_transport_sockets_tls_v3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -28,7 +31,6 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/service/runtime/v3"
 )
@@ -349,4 +351,36 @@ func unpackHCM(a *anypb.Any) (*envoy_extensions_filters_network_http_connection_
 		return nil, false
 	}
 	return h, true
+}
+
+// CheckMTLSCluster checks that Envoy calls a cluster's gRPC server over mTLS
+// the way a gRPC-Go server accepts: a TLS transport socket with a client
+// certificate, a trusted CA, a SAN to verify the server against, and ALPN h2
+// (gRPC-Go refuses TLS connections that negotiate no ALPN protocol; Envoy
+// offers none unless told).
+func CheckMTLSCluster(c *envoy_config_cluster_v3.Cluster) error {
+	ts := c.GetTransportSocket()
+	if ts == nil {
+		return fmt.Errorf("cluster %q: no transport socket (plaintext)", c.GetName())
+	}
+	u := &envoy_extensions_transport_sockets_tls_v3.UpstreamTlsContext{}
+	if ts.GetTypedConfig() == nil || ts.GetTypedConfig().UnmarshalTo(u) != nil {
+		return fmt.Errorf("cluster %q: transport socket is not an UpstreamTlsContext", c.GetName())
+	}
+	var errs []error
+	ctx := u.GetCommonTlsContext()
+	if !slices.Contains(ctx.GetAlpnProtocols(), "h2") {
+		errs = append(errs, fmt.Errorf("cluster %q: alpn_protocols lacks h2", c.GetName()))
+	}
+	if len(ctx.GetTlsCertificates()) == 0 && len(ctx.GetTlsCertificateSdsSecretConfigs()) == 0 {
+		errs = append(errs, fmt.Errorf("cluster %q: no client certificate (tls_certificates)", c.GetName()))
+	}
+	vc := ctx.GetValidationContext()
+	if vc.GetTrustedCa() == nil {
+		errs = append(errs, fmt.Errorf("cluster %q: no validation_context.trusted_ca", c.GetName()))
+	}
+	if len(vc.GetMatchTypedSubjectAltNames()) == 0 {
+		errs = append(errs, fmt.Errorf("cluster %q: validation_context verifies no SAN (any certificate from the CA would do)", c.GetName()))
+	}
+	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ type metrics struct {
 	version  *prometheus.GaugeVec
 	rejected prometheus.Counter
 	valid    prometheus.Gauge
+	refused  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,12 +30,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Routes files rejected (the last good snapshot stays)."}),
 		valid: prometheus.NewGauge(prometheus.GaugeOpts{Name: "aisecops_xds_config_valid",
 			Help: "1 when the last routes file loaded was valid."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aisecops_xds_streams_refused_total",
+			Help: "xDS streams ended by the server, by reason (certificate, node_identity, node_id, type_url, too_many_nodes)."}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.pushes, m.acks, m.nacks, m.version, m.rejected, m.valid} {
+	for _, c := range []prometheus.Collector{m.pushes, m.acks, m.nacks, m.version, m.rejected, m.valid, m.refused} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -1,9 +1,11 @@
 // Package server owns the ADS control plane: it turns the routes file into
 // snapshots (xds/translate), validates and reference-checks them before any
 // push, serves them per node over go-control-plane's snapshot cache, rolls new
-// versions out make-before-break and by rollout group, records ACKs and NACKs,
-// and keeps the last good snapshot when a file is invalid. It must not import
-// authz code, and it never sends a resource that failed validation.
+// versions out make-before-break and by rollout group, records ACKs and NACKs
+// (bounded: nodes expire, details are cut), binds each stream's node id to its
+// client certificate when given a trust domain, and keeps the last good
+// snapshot when a file is invalid. It must not import authz code, and it never
+// sends a resource that failed validation.
 package server
 
 import (
@@ -63,6 +65,19 @@ type Options struct {
 	// ACKed, for requests already routed to them; default 1s. An ACK says a
 	// client accepted the routes, not that its in-flight requests have moved.
 	Drain time.Duration
+	// TrustDomain, when set, binds every stream to its client certificate: the
+	// stream must come over mTLS, and its node id must be one the certificate
+	// names as the URI SAN spiffe://<TrustDomain>/envoy/<node id>
+	// (NodeSPIFFEID). A stream naming another node ends with PermissionDenied
+	// before it touches that node's state. Empty: any node id (plaintext on
+	// loopback, for development).
+	TrustDomain string
+	// NodeTTL is how long a node with no open stream is remembered (its ACKs
+	// and NACKs in Status); default 15m.
+	NodeTTL time.Duration
+	// MaxNodes bounds the nodes remembered; default 4096. When every one has a
+	// stream open, a new node is refused (ResourceExhausted).
+	MaxNodes int
 }
 
 // bundle is one version of the file translated for both consumer flavours.
@@ -114,6 +129,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if opts.GRPCListener == "" {
 		opts.GRPCListener = translate.ListenerName
+	}
+	if opts.NodeTTL <= 0 {
+		opts.NodeTTL = 15 * time.Minute
+	}
+	if opts.MaxNodes <= 0 {
+		opts.MaxNodes = 4096
 	}
 	s := &Server{
 		log:     opts.Logger.With("component", "xds"),
@@ -539,22 +560,24 @@ type Status struct {
 	Nodes        []NodeStatus      `json:"nodes"`
 }
 
-// NodeStatus is one connected (or once connected) node.
+// NodeStatus is one connected (or recently connected) node.
 type NodeStatus struct {
-	ID      string            `json:"id"`
-	Group   string            `json:"group"`
-	Flavour string            `json:"flavour"`
-	Streams int               `json:"streams"`
-	Acked   map[string]string `json:"acked,omitempty"` // type URL → version
-	Nacks   []Nack            `json:"nacks,omitempty"`
+	ID       string            `json:"id"`
+	Group    string            `json:"group"`
+	Flavour  string            `json:"flavour"`
+	Streams  int               `json:"streams"`
+	LastSeen time.Time         `json:"last_seen"`
+	Acked    map[string]string `json:"acked,omitempty"` // type URL → version
+	Nacks    []Nack            `json:"nacks,omitempty"`
 }
 
 // Nack is one rejected version, recorded once per node and version.
 type Nack struct {
-	Version string    `json:"version"`
-	TypeURL string    `json:"type_url"`
-	Detail  string    `json:"detail"`
-	At      time.Time `json:"at"`
+	Version string `json:"version"`
+	TypeURL string `json:"type_url"`
+	// Detail is the client's error message, cut to MaxNackDetail bytes.
+	Detail string    `json:"detail"`
+	At     time.Time `json:"at"`
 }
 
 // Status reports what is served, what was rejected and why, and each node.

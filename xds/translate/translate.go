@@ -535,14 +535,56 @@ func authzCluster(a config.Authz) (*envoy_config_cluster_v3.Cluster, error) {
 	if !isIP(host) {
 		typ = envoy_config_cluster_v3.Cluster_STRICT_DNS
 	}
-	return &envoy_config_cluster_v3.Cluster{
+	c := &envoy_config_cluster_v3.Cluster{
 		Name:                          AuthzCluster,
 		ConnectTimeout:                durationpb.New(time.Second),
 		ClusterDiscoveryType:          &envoy_config_cluster_v3.Cluster_Type{Type: typ},
 		LbPolicy:                      envoy_config_cluster_v3.Cluster_ROUND_ROBIN,
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
 		LoadAssignment:                loadAssignment(AuthzCluster, host, uint32(port)),
-	}, nil
+	}
+	if a.TLS != nil {
+		ts, err := authzTransportSocket(a.TLS, host)
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = ts
+	}
+	return c, nil
+}
+
+// authzTransportSocket is Envoy's mTLS to the authz service: its client
+// certificate, the authz CA, the server name checked against the
+// certificate's SANs, and ALPN h2 (gRPC-Go servers refuse TLS without it).
+func authzTransportSocket(t *config.AuthzTLS, host string) (*envoy_config_core_v3.TransportSocket, error) {
+	san := &envoy_extensions_transport_sockets_tls_v3.SubjectAltNameMatcher{SanType: envoy_extensions_transport_sockets_tls_v3.SubjectAltNameMatcher_DNS}
+	sni := t.SNI
+	switch {
+	case sni != "":
+	case isIP(host):
+		san.SanType = envoy_extensions_transport_sockets_tls_v3.SubjectAltNameMatcher_IP_ADDRESS
+	default:
+		sni = host
+	}
+	san.Matcher = &envoy_type_matcher_v3.StringMatcher{MatchPattern: &envoy_type_matcher_v3.StringMatcher_Exact{Exact: cmp.Or(sni, host)}}
+	file := func(p string) *envoy_config_core_v3.DataSource {
+		return &envoy_config_core_v3.DataSource{Specifier: &envoy_config_core_v3.DataSource_Filename{Filename: p}}
+	}
+	any, err := marshalAny(&envoy_extensions_transport_sockets_tls_v3.UpstreamTlsContext{
+		Sni: sni,
+		CommonTlsContext: &envoy_extensions_transport_sockets_tls_v3.CommonTlsContext{
+			AlpnProtocols:   []string{"h2"},
+			TlsCertificates: []*envoy_extensions_transport_sockets_tls_v3.TlsCertificate{{CertificateChain: file(t.CertFile), PrivateKey: file(t.KeyFile)}},
+			ValidationContextType: &envoy_extensions_transport_sockets_tls_v3.CommonTlsContext_ValidationContext{ValidationContext: &envoy_extensions_transport_sockets_tls_v3.CertificateValidationContext{
+				TrustedCa:                 file(t.CAFile),
+				MatchTypedSubjectAltNames: []*envoy_extensions_transport_sockets_tls_v3.SubjectAltNameMatcher{san},
+			}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &envoy_config_core_v3.TransportSocket{Name: TLSSocket, ConfigType: &envoy_config_core_v3.TransportSocket_TypedConfig{TypedConfig: any}}, nil
 }
 
 // Rehash recomputes Version after the caller composed a set from other sets'
