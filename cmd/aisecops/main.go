@@ -33,7 +33,9 @@ commands:
   xds      the xDS control plane (:18000)
   token    mint a development capability token: token --agent A --tool T [--run R] [--ttl 5m]
   policy   test or evaluate a policy bundle: policy test [DIR] | policy eval --input FILE [DIR]
-  audit    audit log tools: audit verify FILE
+  audit    audit verify FILE | audit permissions --config NEW [--since OLD] [--acknowledged FILE]
+  test     run execution-plan suites through the Check pipeline: test [SUITE.yaml…] (none: the shipped threat suite)
+  simulate where approval, halt and each budget fall per agent: simulate chain [--config FILE]
 
 Every flag can also be set as AISECOPS_<NAME> (AISECOPS_REDIS_URL for --redis-url).
 Run 'aisecops <command> -h' for a command's flags.
@@ -57,7 +59,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "policy":
 		return runPolicy(ctx, rest, stdout, stderr)
 	case "audit":
+		if len(rest) > 0 && rest[0] == "permissions" {
+			return runAuditPermissions(ctx, rest[1:], stdout, stderr)
+		}
 		return runAudit(rest, stdout, stderr)
+	case "test":
+		return runTest(ctx, rest, stdout, stderr)
+	case "simulate":
+		return runSimulate(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

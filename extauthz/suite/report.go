@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -30,16 +31,19 @@ func (r *Report) WriteText(w io.Writer) error {
 		p.f("\nthreat classes\n")
 		for _, c := range r.Classes {
 			state := "stopped"
+			if !slices.Contains(ThreatClasses, c.ID) {
+				state = "held"
+			}
 			switch {
 			case c.Cases == 0:
 				state = "no cases"
 			case !c.Stopped:
-				state = fmt.Sprintf("NOT STOPPED (%d of %d cases failed)", c.Failed, c.Cases)
+				state = fmt.Sprintf("NOT %s (%d of %d cases failed)", strings.ToUpper(state), c.Failed, c.Cases)
 			}
 			p.f("  %-4s %-40s %s\n", c.ID, c.Name, state)
 		}
 		m := r.Maturity
-		p.f("threat classes stopped: %d/%d, supports maturity level %d: %s\n", m.Stopped, m.Of, m.Level, m.Basis)
+		p.f("threat classes stopped: %d/%d; maturity level %d evidence: %s\n", m.Stopped, m.Of, m.Level, m.Basis)
 	}
 	p.f("\n%d cases: %d passed, %d failed\n", r.Passed+r.Failed, r.Passed, r.Failed)
 	return p.err
@@ -158,7 +162,7 @@ func describeWant(e Expect) string {
 		s += " " + codes(e.Reasons)
 	}
 	if e.StepRisk != nil {
-		s += fmt.Sprintf(" step %.3g", *e.StepRisk)
+		s += fmt.Sprintf(" step %.4g", *e.StepRisk)
 	}
 	if e.RiskTotal != nil {
 		s += fmt.Sprintf(" total %.4g", *e.RiskTotal)
@@ -170,7 +174,7 @@ func describeGot(o Outcome) string {
 	if o.Decision == "" {
 		return "nothing"
 	}
-	return fmt.Sprintf("%s %s step %.3g total %.4g", o.Decision, codes(o.Reasons), o.StepRisk, o.RiskTotal)
+	return fmt.Sprintf("%s %s step %.4g total %.4g", o.Decision, codes(o.Reasons), o.StepRisk, o.RiskTotal)
 }
 
 // short abbreviates a content hash for a reader.

@@ -222,13 +222,13 @@ func classes(suites []SuiteResult) ([]ClassResult, *Maturity) {
 	switch {
 	case m.Stopped == m.Of && chain:
 		m.Level = 3
-		m.Basis = "every threat class stopped and chain risk enforced (worked example): the evaluation evidence of level 3 (section 12); its gateway, telemetry and release-gating criteria are not tested here"
+		m.Basis = "every threat class stopped and chain risk enforced (worked example), as level 3 asks of evaluation (section 12); its gateway, telemetry and release-gating criteria are not what a test run shows"
 	case m.Stopped >= 3:
 		m.Level = 2
-		m.Basis = "at least 3 of 5 threat classes stopped: the regression-suite criterion of level 2 (section 12)"
+		m.Basis = "at least 3 of 5 threat classes stopped, the regression-suite criterion of level 2 (section 12)"
 	case m.Stopped >= 1:
 		m.Level = 1
-		m.Basis = "fewer than 3 of 5 threat classes stopped: short of level 2's regression-suite criterion (section 12)"
+		m.Basis = "fewer than 3 of 5 threat classes stopped, short of level 2's regression-suite criterion (section 12)"
 	default:
 		m.Basis = "no threat class stopped"
 	}
