@@ -246,3 +246,18 @@ func TestAcknowledgedFileIsStrict(t *testing.T) {
 		t.Errorf("empty file: %v %v", acks, err)
 	}
 }
+
+// FuzzParseAcks: the acknowledged file comes with the change under review.
+func FuzzParseAcks(f *testing.F) {
+	f.Add([]byte("- {agent: a, tool: t, change: tool_added, reason: r}"))
+	f.Add([]byte("[]"))
+	f.Add([]byte("{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		acks, err := authority.ParseAcks("fuzz.yaml", data)
+		for _, a := range acks {
+			if err == nil && !slices.Contains(authority.Growths, a.Change) {
+				t.Fatalf("accepted change %q", a.Change)
+			}
+		}
+	})
+}

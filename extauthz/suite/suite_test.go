@@ -316,3 +316,17 @@ cases:
 		})
 	}
 }
+
+// FuzzParse: a suite file comes with the change under review, so its parser
+// must fail cleanly on anything.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(knownAnswer))
+	f.Add([]byte("name: x\ncases: [{name: c, steps: [{agent: a, tool: t, expect: {decision: allow}}]}]"))
+	f.Add([]byte("- not a suite"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := suite.Parse("fuzz.yaml", data)
+		if err == nil && (s.Name == "" || len(s.Cases) == 0) {
+			t.Fatalf("accepted a suite without name or cases: %+v", s)
+		}
+	})
+}
