@@ -162,6 +162,9 @@ func (r *Report) WriteText(w io.Writer) error {
 			f(" (policy %s)", r.SincePolicy.Version)
 		}
 		f(":\n")
+		if r.SincePolicy == nil {
+			f("  (policy bundles not compared: give the previous bundle with --policies-since)\n")
+		}
 		if len(r.Changes) == 0 {
 			f("  none\n")
 		}

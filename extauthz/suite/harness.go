@@ -308,8 +308,8 @@ func (s *session) mint(c call, routeTool string) (string, error) {
 		if t.Audience != "" {
 			req.Audience = t.Audience
 		}
-		if t.PolicyVers != "" {
-			req.PolicyVersion = t.PolicyVers
+		if t.PolicyVersion != "" {
+			req.PolicyVersion = t.PolicyVersion
 		}
 		req.Scope, req.RunID, req.SingleUse, req.TTL = t.Scope, t.RunID, t.SingleUse, time.Duration(t.TTL)
 		req.Constraints.MaxRows, req.Constraints.MaxCost = t.MaxRows, t.MaxCost

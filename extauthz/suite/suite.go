@@ -88,16 +88,16 @@ type Step struct {
 
 // TokenSpec shapes a step's capability token.
 type TokenSpec struct {
-	Omit       bool            `json:"omit,omitempty"` // send no token
-	Tool       string          `json:"tool,omitempty"` // the token's tool (default the step's)
-	Scope      string          `json:"scope,omitempty"`
-	RunID      string          `json:"run_id,omitempty"`
-	MaxRows    *int64          `json:"max_rows,omitempty"`
-	MaxCost    *float64        `json:"max_cost,omitempty"`
-	SingleUse  bool            `json:"single_use,omitempty"`
-	TTL        config.Duration `json:"ttl,omitempty"`
-	Audience   string          `json:"audience,omitempty"` // a foreign audience
-	PolicyVers string          `json:"policy_version,omitempty"`
+	Omit          bool            `json:"omit,omitempty"` // send no token
+	Tool          string          `json:"tool,omitempty"` // the token's tool (default the step's)
+	Scope         string          `json:"scope,omitempty"`
+	RunID         string          `json:"run_id,omitempty"`
+	MaxRows       *int64          `json:"max_rows,omitempty"`
+	MaxCost       *float64        `json:"max_cost,omitempty"`
+	SingleUse     bool            `json:"single_use,omitempty"`
+	TTL           config.Duration `json:"ttl,omitempty"`
+	Audience      string          `json:"audience,omitempty"` // a foreign audience
+	PolicyVersion string          `json:"policy_version,omitempty"`
 }
 
 // Expect is a step's expected answer. Reasons lists codes that must be among
