@@ -33,7 +33,9 @@ commands:
   xds      the xDS control plane (:18000)
   token    mint a development capability token: token --agent A --tool T [--run R] [--ttl 5m]
   policy   test or evaluate a policy bundle: policy test [DIR] | policy eval --input FILE [DIR]
-  audit    audit log tools: audit verify FILE
+  audit    audit verify FILE | audit permissions --config NEW [--since OLD] [--acknowledged FILE]
+  test     run execution-plan suites through the Check pipeline: test [SUITE.yaml…] (none: the shipped threat suite)
+  simulate where approval, halt and each budget fall per agent: simulate chain [--config FILE]
   api-token  a bearer token for the HTTP API: api-token --name N --roles operator,approver
   dev-certs  a development CA and TLS certificates for every listener: dev-certs --out DIR [--hosts h1,h2]
 
@@ -61,9 +63,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "api-token":
 		return runAPIToken(rest, stdout, stderr)
 	case "audit":
+		if len(rest) > 0 && rest[0] == "permissions" {
+			return runAuditPermissions(ctx, rest[1:], stdout, stderr)
+		}
 		return runAudit(rest, stdout, stderr)
 	case "dev-certs":
 		return runDevCerts(rest, stdout, stderr)
+	case "test":
+		return runTest(ctx, rest, stdout, stderr)
+	case "simulate":
+		return runSimulate(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
