@@ -9,7 +9,7 @@ import (
 
 	"github.com/aisecops/aisecops-envoy/extauthz"
 	"github.com/aisecops/aisecops-envoy/riskstore"
-	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
+	"github.com/aisecops/aisecops-envoy/internal/redistest"
 )
 
 // TestReplicasShareOneRun: two authz replicas, each with its own run cache,

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
+	"github.com/aisecops/aisecops-envoy/internal/redistest"
 )
 
 // TestVolatileRedisRefused: the service refuses a Redis without the

@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
+	"github.com/aisecops/aisecops-envoy/internal/redistest"
 )
 
 // Run with e.g.:

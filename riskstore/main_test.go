@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
+	"github.com/aisecops/aisecops-envoy/internal/redistest"
 )
 
 // One single node and one three-master cluster serve the whole package; tests

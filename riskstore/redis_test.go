@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/aisecops/aisecops-envoy/riskstore/redistest"
+	"github.com/aisecops/aisecops-envoy/internal/redistest"
 )
 
 func TestNewRedisOptions(t *testing.T) {
