@@ -16,7 +16,9 @@
 //   - calls the authz service with the grpc_service timeout; an error or timeout
 //     is answered with status_on_error unless failure_mode_allow;
 //   - on OK applies the header mutations and removals and proxies to the route's
-//     cluster; on a denial returns its status, headers and body.
+//     cluster, streaming the response as it arrives, within the route's
+//     timeout (15 s unless the route sets one; 0 is none); on a denial returns
+//     its status, headers and body.
 //
 // TLS origination, retries, load balancing and everything else Envoy does are
 // out of scope: clusters map to plain-HTTP test upstreams.
@@ -70,7 +72,7 @@ func New(cfg Config) (*Harness, error) {
 	if t := cfg.ExtAuthz.GetGrpcService().GetTimeout(); t != nil {
 		timeout = t.AsDuration()
 	}
-	return &Harness{cfg: cfg, timeout: timeout, client: &http.Client{Timeout: 10 * time.Second}}, nil
+	return &Harness{cfg: cfg, timeout: timeout, client: &http.Client{}}, nil
 }
 
 func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -80,6 +82,7 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cluster := route.GetRoute().GetCluster()
+	upstreamTimeout := routeTimeout(route)
 
 	body, partial, tooBig := h.buffer(r)
 	if tooBig {
@@ -95,7 +98,7 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("x-envoy-auth-partial-body", "true")
 	}
 	if ext != nil && ext.GetDisabled() {
-		h.forward(w, r, cluster, body)
+		h.forward(w, r, cluster, upstreamTimeout, body)
 		return
 	}
 
@@ -104,7 +107,7 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp, err := h.cfg.Authz.Check(ctx, h.checkRequest(r, body, ext))
 	if err != nil {
 		if h.cfg.ExtAuthz.GetFailureModeAllow() {
-			h.forward(w, r, cluster, body)
+			h.forward(w, r, cluster, upstreamTimeout, body)
 			return
 		}
 		status := http.StatusForbidden
@@ -151,7 +154,7 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Header.Del(k)
 	}
-	h.forward(w, r, cluster, body)
+	h.forward(w, r, cluster, upstreamTimeout, body)
 }
 
 // match finds the route, and its ext_authz per-route settings, for host and path.
@@ -287,13 +290,29 @@ func (h *Harness) checkRequest(r *http.Request, body []byte, per *envoy_extensio
 // hopByHop headers are not forwarded (RFC 9110 §7.6.1).
 var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-func (h *Harness) forward(w http.ResponseWriter, r *http.Request, cluster string, body []byte) {
+// routeTimeout is Envoy's route timeout: 15 s when the route sets none, no
+// limit when it sets 0. It covers the whole upstream response, streamed or not.
+func routeTimeout(route *envoy_config_route_v3.Route) time.Duration {
+	t := route.GetRoute().GetTimeout()
+	if t == nil {
+		return 15 * time.Second
+	}
+	return t.AsDuration()
+}
+
+func (h *Harness) forward(w http.ResponseWriter, r *http.Request, cluster string, timeout time.Duration, body []byte) {
 	base, ok := h.cfg.Upstreams[cluster]
 	if !ok {
 		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
 		return
 	}
-	out, err := http.NewRequestWithContext(r.Context(), r.Method, strings.TrimSuffix(base, "/")+r.URL.RequestURI(), bytes.NewReader(body))
+	ctx := r.Context()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	out, err := http.NewRequestWithContext(ctx, r.Method, strings.TrimSuffix(base, "/")+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		http.Error(w, "bad upstream request", http.StatusBadGateway)
 		return
@@ -304,7 +323,11 @@ func (h *Harness) forward(w http.ResponseWriter, r *http.Request, cluster string
 	}
 	out.Host = r.Host
 	resp, err := h.client.Do(out)
-	if err != nil {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		http.Error(w, "upstream request timeout", http.StatusGatewayTimeout)
+		return
+	case err != nil:
 		http.Error(w, "upstream connect error", http.StatusServiceUnavailable)
 		return
 	}
@@ -315,5 +338,27 @@ func (h *Harness) forward(w http.ResponseWriter, r *http.Request, cluster string
 		}
 	}
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	// Envoy streams the response: each chunk goes on as it arrives (an SSE
+	// stream, an MCP server's answer) rather than when the upstream is done.
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			_ = rc.Flush()
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			// Envoy resets the downstream stream when the upstream one fails
+			// mid-response (the route timeout included): the client sees a
+			// cut response, not a complete one.
+			panic(http.ErrAbortHandler)
+		}
+	}
 }
