@@ -65,6 +65,9 @@ type Assessment struct {
 	// current window, as the consumption was computed from them.
 	Elapsed time.Duration
 	Agent   riskstore.AgentUsage
+	// Protocol: MCP protocol traffic (plan.Plan.Protocol), decided but not
+	// counted.
+	Protocol bool
 }
 
 // limits are the agent's budgets as the store checks them.
@@ -96,6 +99,14 @@ func assess(p *plan.Plan, who *Principal, f Findings, rv RunView, rules []risk.E
 	cost := config.Micros(r.Cost)
 	if !st.StartedAt.IsZero() {
 		a.Elapsed = now.Sub(st.StartedAt)
+	}
+	if p.Protocol() {
+		// MCP protocol traffic reaches no tool: it adds no risk, spends no
+		// budget and is never committed as a step.
+		a.Protocol = true
+		a.Factors = risk.Factors{E: risk.MinE, T: risk.Trust(r.Trust), B: risk.MinB}
+		a.Consumption = map[string]float64{}
+		return a, nil
 	}
 	a.Consumption = risk.Consumption(st, a.Limits, write, cost, int64(a.Elapsed))
 	labels := make([]string, len(p.Provenance))

@@ -50,6 +50,9 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 		// call costs the run nothing.
 		return false, reason.Wrap(reason.DeadlineExceeded, err, "the check deadline passed before commit")
 	}
+	if o.assessment.Protocol {
+		return false, nil // protocol traffic: no token spent, no step recorded
+	}
 	if !o.receipt.JTISpent && mustSpend(o.who.Claims, o.verdict.Obligations) {
 		if err := spendToken(ctx, s.cfg.Nonces, o.who.Claims, o.now); err != nil {
 			if err.Code == reason.StoreUnavailable {

@@ -89,7 +89,7 @@ func authenticate(ctx context.Context, p *plan.Plan, v TokenVerifier, revs Revoc
 		return who, reason.New(reason.RunNotOwned, "the run belongs to another agent")
 	}
 	who.Run = riskstore.RunRef{Agent: a.ID, ID: run}
-	who.Binding = plan.Hash([]byte(a.ID), []byte(p.Route.Tool), []byte(run), []byte(p.RequestDigest()))
+	who.Binding = plan.Hash([]byte(a.ID), []byte(p.Route.Tool), []byte(run), []byte(p.CallDigest()))
 	if p.RequestID != "" {
 		who.IdemKey = p.RequestID + "/" + who.Binding[:32]
 	}

@@ -607,3 +607,60 @@ func TestMCPDenialsAreJSONRPC(t *testing.T) {
 		t.Fatalf("notification: %+v", res)
 	}
 }
+
+// TestMCPProtocolTrafficIsNotCounted: initialize, tools/list, notifications
+// and the event stream reach no tool: decided, audited, but no step of the
+// run — no risk, no budget, no spent token — and no approval needed.
+func TestMCPProtocolTrafficIsNotCounted(t *testing.T) {
+	e := newEnv(t)
+	mcp := func(method, body string) req {
+		r := e.call(t, "demo-agent", "docs.search", "run-mcp-proto", "")
+		r.path, r.host, r.body = "/mcp", e.host("docs.search"), body
+		return r
+	}
+	for i := range 30 {
+		if res := e.check(t, mcp("POST", fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, i))); !res.allowed {
+			t.Fatalf("tools/list %d: %v", i, reasonCodes(res.body))
+		}
+	}
+	if res := e.check(t, mcp("POST", `{"jsonrpc":"2.0","method":"notifications/initialized"}`)); !res.allowed {
+		t.Fatalf("notification: %v", reasonCodes(res.body))
+	}
+	if st := e.state(t, "demo-agent", "run-mcp-proto"); st.ToolCalls != 0 || st.RiskTotal != 0 {
+		t.Fatalf("protocol traffic counted: %+v", st)
+	}
+	// A real call is a step.
+	if res := e.check(t, mcp("POST", `{"jsonrpc":"2.0","id":99,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`)); !res.allowed {
+		t.Fatalf("tools/call: %v", reasonCodes(res.body))
+	}
+	if st := e.state(t, "demo-agent", "run-mcp-proto"); st.ToolCalls != 1 {
+		t.Fatalf("the call was not counted: %+v", st)
+	}
+}
+
+// TestMCPApprovalSurvivesANewRequestID: an MCP client retries an approved
+// tools/call with a new JSON-RPC id; the approval binds the call (tool and
+// arguments), so it is honoured — once.
+func TestMCPApprovalSurvivesANewRequestID(t *testing.T) {
+	e := newEnv(t)
+	call := func(id int, approval string) result {
+		r := e.call(t, "demo-agent", "docs.search", "run-mcp-apr", "")
+		r.path, r.host = "/mcp", e.host("docs.search")
+		r.body = fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"search","arguments":{"q":%q}}}`, id, strings.Repeat("x", 70<<10))
+		if approval != "" {
+			r.headers["x-aisecops-approval"] = approval
+		}
+		return e.check(t, r)
+	}
+	first := call(1, "") // a payload far larger than a read carries: approval
+	if first.body.Decision != "require_approval" || first.body.ApprovalID == "" {
+		t.Fatalf("first: %+v", first.body)
+	}
+	e.approve(t, first.body.ApprovalID)
+	if res := call(2, first.body.ApprovalID); !res.allowed {
+		t.Fatalf("the approved call with a new id: %+v", res.body)
+	}
+	if res := call(3, first.body.ApprovalID); res.allowed {
+		t.Fatal("the approval was used twice")
+	}
+}

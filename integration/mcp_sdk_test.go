@@ -108,6 +108,14 @@ func (m *mcpServer) headers() []http.Header {
 type agentTransport struct {
 	t                *testing.T
 	host, token, run string
+	mu               sync.Mutex
+	approval         string // x-aisecops-approval on the next requests, when set
+}
+
+func (a *agentTransport) setApproval(id string) {
+	a.mu.Lock()
+	a.approval = id
+	a.mu.Unlock()
 }
 
 func (a *agentTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -115,6 +123,11 @@ func (a *agentTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.Host = a.host
 	r.Header.Set("Authorization", "Bearer "+a.token)
 	r.Header.Set("X-Aisecops-Run-Id", a.run)
+	a.mu.Lock()
+	if a.approval != "" {
+		r.Header.Set("X-Aisecops-Approval", a.approval)
+	}
+	a.mu.Unlock()
 	var msg struct{ Method string }
 	if r.GetBody != nil {
 		if b, err := r.GetBody(); err == nil {
@@ -205,16 +218,17 @@ func startMCPWorld(t *testing.T) *mcpWorld {
 
 // connect opens an SDK client session to path through the harness in a fresh
 // run.
-func (m *mcpWorld) connect(t *testing.T, ctx context.Context, path string, opts *mcp.ClientSessionOptions) *mcp.ClientSession {
+func (m *mcpWorld) connect(t *testing.T, ctx context.Context, path string, opts *mcp.ClientSessionOptions) (*mcp.ClientSession, *agentTransport) {
 	t.Helper()
-	hc := &http.Client{Transport: &agentTransport{t: t, host: "mcp.internal", token: m.token, run: m.w.runID()}}
+	tr := &agentTransport{t: t, host: "mcp.internal", token: m.token, run: m.w.runID()}
+	hc := &http.Client{Transport: tr}
 	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "test"}, nil)
 	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: m.front + path, HTTPClient: hc}, opts)
 	if err != nil {
 		t.Fatalf("connect through the gateway: %v", err)
 	}
 	t.Cleanup(func() { cs.Close() })
-	return cs
+	return cs, tr
 }
 
 // rpcRefusal is what the SDK hands back for our JSON-RPC error.
@@ -252,7 +266,7 @@ func TestMCPSDKThroughHarness(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			before := len(m.srv.ranTools())
-			cs := m.connect(t, ctx, tc.path, tc.opts)
+			cs, tr := m.connect(t, ctx, tc.path, tc.opts)
 
 			tools, err := cs.ListTools(ctx, nil)
 			if err != nil {
@@ -297,6 +311,23 @@ func TestMCPSDKThroughHarness(t *testing.T) {
 			}
 			if got := m.srv.ranTools()[before:]; !slices.Equal(got, []string{"search"}) {
 				t.Fatalf("server ran %v, want only the allowed search", got)
+			}
+			// A human approves; the SDK retries the same call (with a new
+			// JSON-RPC id) presenting the approval, and it runs — once.
+			status, body := post(t, "http://"+m.w.httpAddr+"/v1/approvals/"+v.ApprovalID+"/approve", adminToken(t, m.w.home), `{"why":"known query"}`)
+			if status != http.StatusOK {
+				t.Fatalf("approve: %d %s", status, body)
+			}
+			tr.setApproval(v.ApprovalID)
+			if res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "search", Arguments: big}); err != nil || res.IsError {
+				t.Fatalf("the approved call, retried: %v %+v", err, res)
+			}
+			if _, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "search", Arguments: big}); err == nil {
+				t.Fatal("the approval was used twice")
+			}
+			tr.setApproval("")
+			if got := m.srv.ranTools()[before:]; !slices.Equal(got, []string{"search", "search"}) {
+				t.Fatalf("server ran %v, want the allowed and the approved search", got)
 			}
 			for _, h := range m.srv.headers() {
 				if h.Get("Authorization") != "" || h.Get("X-Aisecops-Run-Id") != "" {

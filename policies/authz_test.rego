@@ -17,7 +17,7 @@ base := {
 		"allowed_tools": ["db.read", "db.write", "send_email", "shell.exec", "docs.search", "llm.openai"],
 		"approval_threshold": 1.5, "halt_threshold": 2.0,
 	},
-	"plan": {"source": "plan", "tool": "db.read", "arguments": {"table": "customers"}, "arguments_hash": "h", "binding": "p", "trace_id": "t", "run_id": "run-1"},
+	"plan": {"source": "plan", "tool": "db.read", "arguments": {"table": "customers"}, "arguments_hash": "h", "binding": "p", "trace_id": "t", "run_id": "run-1", "protocol": false},
 	"token": {"present": true, "jti": "jti-1", "scope": "crm", "policy_version": "v1.0", "run_id": "run-1"},
 	"provenance": [],
 	"untrusted_context": false,

@@ -99,6 +99,30 @@ func (p *Plan) RequestDigest() string {
 	return Hash([]byte(p.Method), []byte(p.Path), []byte(p.Query), p.RawBody)
 }
 
+// CallDigest is what an approval binds to: the RequestDigest, except for an
+// MCP tools/call, where it is the call itself — method, normalised path,
+// query, tool name and canonical arguments — because an MCP client gives every
+// message a new JSON-RPC id, so the retry of an approved call never repeats
+// the body's bytes. Nothing an MCP server acts on is left out: the envelope
+// the strict parser accepts around params.name and params.arguments is the
+// id and the version.
+func (p *Plan) CallDigest() string {
+	if p.Source != SourceMCP || len(p.Calls) != 1 || len(p.MCPMethods) != 1 {
+		return p.RequestDigest()
+	}
+	c := p.Calls[0]
+	return Hash([]byte(p.Method), []byte(p.Path), []byte(p.Query), []byte("mcp:tools/call"), []byte(c.Tool), c.Arguments)
+}
+
+// Protocol reports whether the request is protocol traffic on an MCP route —
+// initialize, tools/list, notifications, a GET that opens the event stream,
+// the DELETE that ends a session: anything but a tools/call. It is decided
+// like any request but reaches no tool, so it is not counted as a step of the
+// run.
+func (p *Plan) Protocol() bool {
+	return len(p.Route.MCPTools) > 0 && len(p.Calls) == 0
+}
+
 // Call0 returns the plan's tool call, or a zero Call when there is none.
 func (p *Plan) Call0() Call {
 	if len(p.Calls) == 0 {

@@ -84,6 +84,9 @@ type Plan struct {
 	// Binding is what an approval binds to: agent, tool, run and the digest of
 	// the exact request (method, normalised path, query, body).
 	Binding string `json:"binding"`
+	// Protocol: MCP protocol traffic (initialize, tools/list, notifications,
+	// the event stream), which reaches no tool and is not counted in the run.
+	Protocol bool `json:"protocol"`
 	TraceID string `json:"trace_id"`
 	RunID   string `json:"run_id"`
 }

@@ -185,6 +185,7 @@ func (c *converter) plan(p *Plan, args ast.Value) ast.Value {
 		item("arguments", args),
 		item("arguments_hash", ast.String(p.ArgumentsHash)),
 		item("binding", ast.String(p.Binding)),
+		item("protocol", ast.Boolean(p.Protocol)),
 		item("trace_id", ast.String(p.TraceID)),
 		item("run_id", ast.String(p.RunID)),
 	)

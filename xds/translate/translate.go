@@ -438,11 +438,28 @@ func toolRoute(t config.Tool, opts Options) (*envoy_config_route_v3.Route, error
 	return &envoy_config_route_v3.Route{
 		Name:  t.Name,
 		Match: &envoy_config_route_v3.RouteMatch{PathSpecifier: &envoy_config_route_v3.RouteMatch_Prefix{Prefix: t.Match.PathPrefix}},
-		Action: &envoy_config_route_v3.Route_Route{Route: &envoy_config_route_v3.RouteAction{
-			ClusterSpecifier: &envoy_config_route_v3.RouteAction_Cluster{Cluster: ClusterName(t.Upstream)},
-		}},
+		Action: &envoy_config_route_v3.Route_Route{Route: routeAction(t)},
 		TypedPerFilterConfig: map[string]*anypb.Any{ExtAuthzFilter: any},
 	}, nil
+}
+
+// MCPIdleTimeout is how long an MCP route's stream may stay silent. MCP's
+// Streamable HTTP keeps an event stream open (a GET) and may answer a call as
+// a stream: Envoy's default route timeout (15 s) would cut them, and an MCP
+// client gives up a session after a few reconnects that bring no event.
+const MCPIdleTimeout = 5 * time.Minute
+
+// routeAction sends a tool's requests to its cluster. An MCP server route has
+// no overall timeout, only an idle one (MCPIdleTimeout).
+func routeAction(t config.Tool) *envoy_config_route_v3.RouteAction {
+	ra := &envoy_config_route_v3.RouteAction{
+		ClusterSpecifier: &envoy_config_route_v3.RouteAction_Cluster{Cluster: ClusterName(t.Upstream)},
+	}
+	if len(t.MCPTools) > 0 {
+		ra.Timeout = durationpb.New(0)
+		ra.IdleTimeout = durationpb.New(MCPIdleTimeout)
+	}
+	return ra
 }
 
 func isIP(host string) bool {

@@ -428,3 +428,36 @@ func TestEveryHCMCanonicalisesPaths(t *testing.T) {
 		})
 	}
 }
+
+// TestMCPRoutesHaveNoOverallTimeout: an MCP server route keeps its event
+// stream open, so it has an idle timeout and no overall one; other routes keep
+// Envoy's default.
+func TestMCPRoutesHaveNoOverallTimeout(t *testing.T) {
+	t.Parallel()
+	f, err := config.Parse("example", config.Example())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Translate(f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, vh := range res.Routes[0].GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			ra := r.GetRoute()
+			tool, _ := f.Tool(r.GetName())
+			switch mcp := len(tool.MCPTools) > 0; {
+			case mcp && (ra.GetTimeout() == nil || ra.GetTimeout().AsDuration() != 0 || ra.GetIdleTimeout().AsDuration() != MCPIdleTimeout):
+				t.Errorf("MCP route %s: timeout %v idle %v", r.GetName(), ra.GetTimeout(), ra.GetIdleTimeout())
+			case !mcp && ra.GetTimeout() != nil:
+				t.Errorf("route %s: timeout %v", r.GetName(), ra.GetTimeout())
+			case mcp:
+				seen++
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("the example has no MCP route")
+	}
+}
