@@ -24,8 +24,8 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
-	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/internal/redistest"
+	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz"
-	"github.com/aisecops/aisecops-envoy/riskstore"
 	"github.com/aisecops/aisecops-envoy/internal/redistest"
+	"github.com/aisecops/aisecops-envoy/riskstore"
 )
 
 // TestReplicasShareOneRun: two authz replicas, each with its own run cache,

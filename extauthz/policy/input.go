@@ -86,9 +86,9 @@ type Plan struct {
 	Binding string `json:"binding"`
 	// Protocol: MCP protocol traffic (initialize, tools/list, notifications,
 	// the event stream), which reaches no tool and is not counted in the run.
-	Protocol bool `json:"protocol"`
-	TraceID string `json:"trace_id"`
-	RunID   string `json:"run_id"`
+	Protocol bool   `json:"protocol"`
+	TraceID  string `json:"trace_id"`
+	RunID    string `json:"run_id"`
 }
 
 // Token is the verified capability token (never the raw token).

@@ -436,9 +436,9 @@ func toolRoute(t config.Tool, opts Options) (*envoy_config_route_v3.Route, error
 		}
 	}
 	return &envoy_config_route_v3.Route{
-		Name:  t.Name,
-		Match: &envoy_config_route_v3.RouteMatch{PathSpecifier: &envoy_config_route_v3.RouteMatch_Prefix{Prefix: t.Match.PathPrefix}},
-		Action: &envoy_config_route_v3.Route_Route{Route: routeAction(t)},
+		Name:                 t.Name,
+		Match:                &envoy_config_route_v3.RouteMatch{PathSpecifier: &envoy_config_route_v3.RouteMatch_Prefix{Prefix: t.Match.PathPrefix}},
+		Action:               &envoy_config_route_v3.Route_Route{Route: routeAction(t)},
 		TypedPerFilterConfig: map[string]*anypb.Any{ExtAuthzFilter: any},
 	}, nil
 }
