@@ -14,6 +14,8 @@ import (
 // RunView is the run as the Check sees it before deciding.
 type RunView struct {
 	State riskstore.State
+	// Links are the other runs the call's context came from (linkRuns).
+	Links []Link
 	// Cached: the state came from this replica's run cache, not from the
 	// store, and may have moved on another replica since.
 	Cached bool

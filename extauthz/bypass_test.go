@@ -569,3 +569,56 @@ func TestCallerInputNeverBecomesAMetricLabel(t *testing.T) {
 		t.Fatalf("metric series grew from %d to %d with caller-chosen routes", before, after)
 	}
 }
+
+// TestCrossAgentChainsAreOneGraph: a call whose context is another agent's
+// output links the two runs, and the consuming run's chain risk includes the
+// source run's — when the link is verified (the source run exists and its
+// agent may hand work to this one). An approval falls where the combined risk
+// says.
+func TestCrossAgentChainsAreOneGraph(t *testing.T) { forEachStore(t, testCrossAgent) }
+
+func testCrossAgent(t *testing.T, store envOption) {
+	e := newEnv(t, store)
+	// research-agent's run: reads, then a fetch on a neutral route (≈1.2).
+	for i, tool := range []string{"db.read", "web.fetch", "web.fetch", "web.fetch", "web.fetch"} {
+		args := `{"table":"t"}`
+		if tool == "web.fetch" {
+			args = `{"url":"https://api.vendor.example/data"}`
+		}
+		if res := e.check(t, e.call(t, "research-agent", tool, "run-research", args)); !res.allowed {
+			t.Fatalf("research step %d: %v", i, reasonCodes(res.body))
+		}
+	}
+	source := e.state(t, "research-agent", "run-research").RiskTotal
+	write := func(run, label string) result {
+		r := e.call(t, "writer-agent", "db.write", run, `{"row":1}`)
+		if label != "" {
+			r.headers["x-aisecops-provenance"] = b64(`[{"source_type":"agent_output","source_name":"` + label + `","trust_level":"internal"}]`)
+		}
+		return e.check(t, r)
+	}
+	// The write alone is 0.25: under the 1.5 approval threshold.
+	if res := write("run-alone", ""); !res.allowed {
+		t.Fatalf("write alone: %v", reasonCodes(res.body))
+	}
+	// Linked to the research run, the chain is source + 0.25.
+	linked := write("run-linked", "research-agent@run-research")
+	if want := source + 0.25; want <= 1.5 {
+		t.Fatalf("the research run's risk %v does not put the chain over the threshold: fix the test", source)
+	}
+	if linked.body.Decision != "require_approval" {
+		t.Fatalf("linked write: %s %v, want require_approval (combined risk %v)", linked.body.Decision, reasonCodes(linked.body), source+0.25)
+	}
+	rec := e.auditRecords(t)
+	last := rec[len(rec)-1]
+	if len(last.LinkedRuns) != 1 || last.LinkedRuns[0] != "research-agent@run-research" || last.CumulativeRisk < source {
+		t.Fatalf("audit record: linked %v cumulative %v", last.LinkedRuns, last.CumulativeRisk)
+	}
+	// Unverified links count for nothing: an agent that may not hand work to
+	// writer-agent, a run that does not exist.
+	for _, label := range []string{"tiny-agent@run-research", "research-agent@no-such-run"} {
+		if res := write("run-"+label, label); !res.allowed {
+			t.Fatalf("unverified link %s: %v", label, reasonCodes(res.body))
+		}
+	}
+}

@@ -176,7 +176,7 @@ func (o *outcome) settle(res riskstore.CommitResult) (again bool, _ *reason.Erro
 	a := o.assessment
 	switch res.Outcome {
 	case riskstore.Committed:
-		o.receipt.Committed, o.receipt.RiskTotal = true, res.State.RiskTotal
+		o.receipt.Committed, o.receipt.RiskTotal = true, res.State.RiskTotal+linkedRisk(o.run.Links)
 		return false, nil
 	case riskstore.Duplicate:
 		if res.Prior == nil {

@@ -94,6 +94,15 @@ agents:
     allowed_tools: [docs.search]
     budgets: {}
     thresholds: {approval: 1000000000, halt: 2000000000}
+  - id: research-agent
+    allowed_tools: [db.read, web.fetch]
+    budgets: {}
+    thresholds: {approval: 100, halt: 200}
+  - id: writer-agent
+    allowed_tools: [db.write]
+    budgets: {}
+    receives_from: [research-agent]
+    thresholds: {approval: 1.5, halt: 3.0}
   - id: sticky-agent
     allowed_tools: [db.read, docs.search, shell.exec]
     budgets: {}

@@ -99,7 +99,7 @@ func (o *outcome) riskTotal() float64 {
 	case o.receipt.Committed || o.receipt.Duplicate:
 		return o.receipt.RiskTotal
 	case o.assessment != nil:
-		return o.run.State.RiskTotal + o.assessment.Factors.Step
+		return o.run.State.RiskTotal + linkedRisk(o.run.Links) + o.assessment.Factors.Step
 	}
 	return 0
 }
@@ -154,6 +154,14 @@ func (s *Server) run(ctx context.Context, o *outcome, req *envoy_service_auth_v3
 	}
 	if prior != nil && !o.dry {
 		o.retried(prior)
+		return
+	}
+	links, lerr := linkRuns(ctx, s.cfg.Store, who, p.Provenance)
+	if lerr != nil {
+		err = s.storeFault("load", who.Run, lerr, "run state unavailable")
+	}
+	o.run.Links = links
+	if o.stage("link", err) {
 		return
 	}
 	for attempt := 0; ; attempt++ {

@@ -270,6 +270,9 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 			r.TokenJTI = w.Claims.ID
 		}
 	}
+	for _, l := range o.run.Links {
+		r.LinkedRuns = append(r.LinkedRuns, l.String())
+	}
 	if a := o.assessment; a != nil {
 		r.StepRisk = audit.StepRisk{RStep: a.Factors.RStep, E: a.Factors.E, T: a.Factors.T, B: a.Factors.B, Step: a.Factors.Step}
 		r.CumulativeRisk = o.riskTotal()

@@ -69,7 +69,7 @@ func policyInput(now time.Time, p *plan.Plan, who *Principal, f Findings, rv Run
 		Provenance:       p.Provenance,
 		UntrustedContext: f.Untrusted,
 		Risk: policy.Risk{RStep: a.Factors.RStep, E: a.Factors.E, T: a.Factors.T, B: a.Factors.B, Step: a.Factors.Step,
-			TotalBefore: st.RiskTotal, Total: st.RiskTotal + a.Factors.Step, Escalations: a.Factors.Escalations},
+			Linked: linkedRisk(rv.Links), TotalBefore: st.RiskTotal + linkedRisk(rv.Links), Escalations: a.Factors.Escalations},
 		Budget: policy.Budget{Consumption: a.Consumption, Exceeded: a.Exceeded},
 		Run: policy.Run{ID: who.Run.ID, ToolCalls: st.ToolCalls, WriteOps: st.WriteOps,
 			Cost: float64(st.CostMicros) / 1e6, Facts: st.Facts, ElapsedNS: int64(a.Elapsed),
@@ -77,6 +77,7 @@ func policyInput(now time.Time, p *plan.Plan, who *Principal, f Findings, rv Run
 		Approval: ap,
 		Findings: f.List,
 	}
+	in.Risk.Total = in.Risk.TotalBefore + in.Risk.Step
 	if in.Provenance == nil {
 		in.Provenance = []plan.Provenance{}
 	}

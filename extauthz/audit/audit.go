@@ -72,6 +72,7 @@ type Record struct {
 	ControlIDs        []string           `json:"control_ids"`
 	StepRisk          StepRisk           `json:"step_risk"`
 	CumulativeRisk    float64            `json:"cumulative_risk"`
+	LinkedRuns        []string           `json:"linked_runs,omitempty"` // "<agent>@<run>" whose risk counts in this step's (cross-agent chains)
 	BudgetConsumption map[string]float64 `json:"budget_consumption"`
 	EgressFindings    []finding.Finding  `json:"egress_findings"`
 	TokenJTI          string             `json:"token_jti"`

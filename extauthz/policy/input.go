@@ -111,6 +111,9 @@ type Risk struct {
 	T           float64  `json:"t"`
 	B           float64  `json:"b"`
 	Step        float64  `json:"step"`
+	// Linked is the risk of the runs the call's context came from (other
+	// agents' runs it is linked to), included in TotalBefore and Total.
+	Linked      float64  `json:"linked"`
 	TotalBefore float64  `json:"total_before"`
 	Total       float64  `json:"total"`                 // including this step; compared with the thresholds
 	Escalations []string `json:"escalations,omitempty"` // names of the escalation rules that fired

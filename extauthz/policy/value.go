@@ -243,6 +243,7 @@ func (c *converter) risk(r *Risk) ast.Value {
 		item("t", c.num("risk.t", r.T)),
 		item("b", c.num("risk.b", r.B)),
 		item("step", c.num("risk.step", r.Step)),
+		item("linked", c.num("risk.linked", r.Linked)),
 		item("total_before", c.num("risk.total_before", r.TotalBefore)),
 		item("total", c.num("risk.total", r.Total)),
 		item("escalations", esc),

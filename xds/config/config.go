@@ -142,6 +142,13 @@ type Agent struct {
 	// this list; other credentials name the agent whose id is their subject,
 	// unless that agent lists workloads.
 	Workloads []string `json:"workloads,omitempty"`
+	// ReceivesFrom are the agents that may hand work to this one: a call whose
+	// context came from a run of one of them (a provenance label
+	// {source_type: agent_output, source_name: "<agent>@<run id>"}) links the
+	// two runs, and this run's chain risk includes the source run's
+	// (AISecOps v1.0, section 22.2: cross-agent chains are one cumulative
+	// execution graph).
+	ReceivesFrom []string `json:"receives_from,omitempty"`
 }
 
 // Budgets bound one run. Zero means unlimited.
@@ -429,6 +436,13 @@ func (f *File) validateDirectory() []error {
 				bad(fmt.Sprintf("%s.workloads[%d]", p, j), "is already a workload of agent %q", other)
 			}
 			workloads[w] = a.ID
+		}
+	}
+	for i, a := range f.Agents {
+		for j, from := range a.ReceivesFrom {
+			if !agents[from] || from == a.ID {
+				bad(fmt.Sprintf("agents[%d].receives_from[%d]", i, j), "%q is not another configured agent", from)
+			}
 		}
 	}
 	return errs
