@@ -106,11 +106,11 @@ type Token struct {
 
 // Risk is the step's chain risk: step = r_step × e × t × b.
 type Risk struct {
-	RStep       float64  `json:"r_step"`
-	E           float64  `json:"e"`
-	T           float64  `json:"t"`
-	B           float64  `json:"b"`
-	Step        float64  `json:"step"`
+	RStep float64 `json:"r_step"`
+	E     float64 `json:"e"`
+	T     float64 `json:"t"`
+	B     float64 `json:"b"`
+	Step  float64 `json:"step"`
 	// Linked is the risk of the runs the call's context came from (other
 	// agents' runs it is linked to), included in TotalBefore and Total.
 	Linked      float64  `json:"linked"`
