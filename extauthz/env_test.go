@@ -156,7 +156,12 @@ func sharing(a *env) envOption {
 
 // withStore runs the server on s.
 func withStore(s runStore) envOption {
-	return func(c *extauthz.Config) { c.Store, c.Approvals, c.Nonces = s, s, s }
+	return func(c *extauthz.Config) {
+		c.Store, c.Approvals, c.Nonces = s, s, s
+		if l, ok := s.(extauthz.StepAppender); ok {
+			c.StepLog = l
+		}
+	}
 }
 
 // forEachStore runs f on the in-memory store and on a real Redis, which must
@@ -218,7 +223,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	}
 	cfg := extauthz.Config{
 		Inspector: inspector,
-		Directory: extauthz.NewDirectory(f, "test"), Store: e.store, Approvals: e.store, Nonces: e.store,
+		Directory: extauthz.NewDirectory(f, "test"), Store: e.store, Approvals: e.store, Nonces: e.store, StepLog: e.store.(extauthz.StepAppender),
 		Verifier: verifier, Policy: engine, Audit: alog, Registerer: e.reg, Clock: e.clock,
 	}
 	for _, o := range opts {

@@ -2,7 +2,10 @@ package extauthz_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -130,4 +133,48 @@ func TestRedisDownDeniesAndRecovers(t *testing.T) {
 			t.Errorf("an allow without a commit: %+v", r)
 		}
 	}
+}
+
+// TestRunReadsBackWholeAcrossReplicas: a run whose steps were decided on two
+// replicas sharing one store reads back whole from the store's step log, in
+// order, every step once.
+func TestRunReadsBackWholeAcrossReplicas(t *testing.T) {
+	t.Run("redis", func(t *testing.T) {
+		store := newRedisStore(t, redistest.StartServer(t))
+		a := newEnv(t, withStore(store))
+		b := newEnv(t, sharing(a))
+		var ids []string
+		for i, e := range []*env{a, b, a, b, b, a} {
+			res := e.check(t, a.call(t, "demo-agent", "db.read", "run-spread", fmt.Sprintf(`{"table":"t%d"}`, i)))
+			if !res.allowed {
+				t.Fatal(reasonCodes(res.body))
+			}
+			ids = append(ids, res.headers[extauthz.HeaderDecisionID])
+		}
+		var steps [][]byte
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			var err error
+			if steps, err = store.Steps(context.Background(), riskstore.RunRef{Agent: "demo-agent", ID: "run-spread"}); err != nil {
+				t.Fatal(err)
+			}
+			if len(steps) >= len(ids) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		var got []string
+		for _, s := range steps {
+			var st struct {
+				DecisionID string `json:"decision_id"`
+			}
+			if err := json.Unmarshal(s, &st); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, st.DecisionID)
+		}
+		if !slices.Equal(got, ids) {
+			t.Fatalf("steps read back %v, want %v", got, ids)
+		}
+	})
 }

@@ -20,6 +20,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,6 +80,11 @@ type ApprovalStore interface {
 	ConsumeApproval(ctx context.Context, id, binding string) (riskstore.Approval, error)
 }
 
+// StepAppender takes a run's timeline steps without blocking.
+type StepAppender interface {
+	AppendStep(run riskstore.RunRef, record []byte)
+}
+
 // NonceStore records single-use token ids.
 type NonceStore interface {
 	UseOnce(ctx context.Context, id string, ttl time.Duration) (first bool, err error)
@@ -106,6 +112,9 @@ type Config struct {
 	Inspector   Inspector   // nil: no egress inspection
 	Revocations Revocations // nil: nothing is revoked
 	Audit       audit.Sink
+	// StepLog, when set, receives every audited Check's timeline step (the
+	// store's shared per-run log, so runs read back whole across replicas).
+	StepLog StepAppender
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -256,6 +265,10 @@ func (s *Server) finish(ctx context.Context, o *outcome) {
 		s.metrics.auditFailures.Inc()
 		s.log.Error("audit write failed; denying", "decision_id", o.id, "err", err)
 		o.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be audited"))
+	} else if s.cfg.StepLog != nil && o.who != nil && o.who.Run.ID != "" {
+		if b, err := json.Marshal(rec.Step()); err == nil {
+			s.cfg.StepLog.AppendStep(o.who.Run, b)
+		}
 	}
 	s.observe(o)
 	if s.log.Enabled(ctx, slog.LevelDebug) {

@@ -1079,3 +1079,41 @@ func TestConformanceApprovalLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestStepLog: each run's step records read back in order, from any client of
+// the store (two replicas on one Redis), bounded.
+func TestStepLog(t *testing.T) {
+	for _, kind := range storeKinds() {
+		t.Run(kind.name, func(t *testing.T) {
+			s := kind.open(t, time.Now)
+			log, ok := s.(StepLog)
+			if !ok {
+				t.Skip("no step log")
+			}
+			run := RunRef{Agent: "a", ID: "r{1}"}
+			for i := range 5 {
+				log.AppendStep(run, []byte(strconv.Itoa(i)))
+			}
+			log.AppendStep(RunRef{Agent: "b", ID: "r{1}"}, []byte("other agent"))
+			var got [][]byte
+			deadline := time.Now().Add(5 * time.Second)
+			for time.Now().Before(deadline) { // Redis appends in the background
+				var err error
+				if got, err = log.Steps(context.Background(), run); err != nil {
+					t.Fatal(err)
+				}
+				if len(got) == 5 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			var s2 []string
+			for _, g := range got {
+				s2 = append(s2, string(g))
+			}
+			if diff := cmp.Diff([]string{"0", "1", "2", "3", "4"}, s2); diff != "" || log.DroppedSteps() != 0 {
+				t.Fatalf("steps (-want +got):\n%s dropped %d", diff, log.DroppedSteps())
+			}
+		})
+	}
+}

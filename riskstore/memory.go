@@ -39,6 +39,7 @@ type Memory struct {
 	nonceSweepAt   int
 	now            func() time.Time
 	approvalLimits ApprovalLimits
+	log            memLog
 }
 
 // SetApprovalLimits bounds the pending approvals per run and per agent.

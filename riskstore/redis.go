@@ -111,6 +111,7 @@ type Redis struct {
 
 	durability     durability
 	approvalLimits ApprovalLimits
+	log            redisLog
 }
 
 var (
@@ -227,8 +228,11 @@ func redactURLError(err error) error {
 	return err
 }
 
-// Close releases the connections.
-func (r *Redis) Close() error { return r.client.Close() }
+// Close writes the queued step records, then releases the connections.
+func (r *Redis) Close() error {
+	r.flushLog()
+	return r.client.Close()
+}
 
 // AddHook attaches a go-redis hook (instrumentation: counting round trips,
 // tracing). It must be called before the store is used.

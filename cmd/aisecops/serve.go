@@ -222,7 +222,7 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	a.srv, err = extauthz.New(extauthz.Config{
 		Tracer:      tracer,
 		Revocations: a.revs,
-		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: a.inspector,
+		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: a.inspector, StepLog: a.store,
 		Verifier: verifier, Policy: a.engine, Audit: a.audit,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})

@@ -16,6 +16,7 @@ type runStore interface {
 	riskstore.Store
 	riskstore.Approvals
 	riskstore.Nonces
+	riskstore.StepLog
 }
 
 // newStore returns the run-state store (in memory unless Redis is configured)
