@@ -81,8 +81,40 @@ type Record struct {
 	ApprovalID        string             `json:"approval_id,omitempty"`
 	Committed         bool               `json:"committed"`
 	LatencyUS         int64              `json:"latency_us"`
-	PrevHash          string             `json:"prev_hash"`
+
+	// Events (see the Event constants).
+	DecidedBy string            `json:"decided_by,omitempty"`
+	Why       string            `json:"why,omitempty"`
+	Detail    map[string]string `json:"detail,omitempty"`
+
+	// Replay: the policy input with argument and body values replaced by
+	// references into Sealed, which holds them encrypted (Sealer).
+	Input  json.RawMessage `json:"input,omitempty"`
+	Sealed *Sealed         `json:"sealed,omitempty"`
+
+	PrevHash string `json:"prev_hash"`
 }
+
+// Events that are not Checks, each a Record of its own in the same chain
+// (Record.Event; a Check has none). Fields a Check does not use are omitted
+// from its line.
+const (
+	// EventApprovalDecided: an approver approved or rejected a held call.
+	// ApprovalID, Decision ("approve" or "reject"), DecidedBy (the
+	// credential's subject), Why (the approver's text), and the RunID, AgentID,
+	// Tool and Binding of the call it decides.
+	EventApprovalDecided = "approval_decided"
+	// EventRevocation: a token or an agent was revoked. DecidedBy, Why, and
+	// Detail {"jti": …} or {"agent_id": …, "before": RFC 3339}, plus
+	// {"until": RFC 3339} when the entry expires.
+	EventRevocation = "revocation"
+	// EventPolicyVersionChanged: a new policy bundle took effect.
+	// PolicyVersion is the new version, Detail {"from": the old one}.
+	EventPolicyVersionChanged = "policy_version_changed"
+	// EventRoutesVersionChanged: a new route table took effect. RouteVersion
+	// is the new version, Detail {"from": the old one}.
+	EventRoutesVersionChanged = "routes_version_changed"
+)
 
 // Sink receives audit records. A Write that returns an error means the record
 // was not durably appended; the caller must deny.
