@@ -150,11 +150,27 @@ func TestSealConcurrentWithRotate(t *testing.T) {
 	wg.Wait()
 }
 
-func readFile(t testing.TB, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
+func TestRecordCarriesSealedValue(t *testing.T) {
+	t.Parallel()
+	path, l := newLog(t, Options{})
+	s, _ := NewSealer(filepath.Join(filepath.Dir(path), SealKeysName))
+	v := s.Seal([]byte(`{"to":"ceo@example.com"}`), []byte("d1"))
+	r := record("d1", 1)
+	r.Sealed, r.Input = &v, json.RawMessage(`{"tool": "send_email", "arguments": {"to": {"sealed": "to"}}}`)
+	if err := l.Write(r); err != nil {
 		t.Fatal(err)
 	}
-	return b
+	l.Close()
+	data := readFile(t, path)
+	if bytes.Contains(data, []byte("ceo@example.com")) {
+		t.Fatal("plaintext in the log")
+	}
+	recs, _ := ReadAll(bytes.NewReader(data))
+	got, err := s.Open(*recs[0].Sealed, []byte("d1"))
+	if err != nil || string(got) != `{"to":"ceo@example.com"}` || !strings.Contains(string(recs[0].Input), `"send_email"`) {
+		t.Fatalf("record: %q %v %s", got, err, recs[0].Input)
+	}
+	if _, err := VerifyFile(path); err != nil {
+		t.Fatal(err)
+	}
 }
