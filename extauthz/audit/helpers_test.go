@@ -150,14 +150,14 @@ func verifyBytes(t testing.TB, log, sidecar []byte, keys VerifyKeys) (VerifyResu
 type faultFile struct {
 	file
 	name    string
-	onWrite func(name string, p []byte, off int64) (int, error, bool)
+	onWrite func(name string, p []byte, off int64) (bool, int, error)
 	onSync  func(name string) error
 	onTrunc func(name string) error
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	if f.onWrite != nil {
-		if n, err, handled := f.onWrite(f.name, p, off); handled {
+		if handled, n, err := f.onWrite(f.name, p, off); handled {
 			return n, err
 		}
 	}

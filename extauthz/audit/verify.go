@@ -238,10 +238,10 @@ func newVerifier(opts *VerifyOptions, res *VerifyResult) (*verifier, error) {
 func (v *verifier) file(path string, r io.Reader, sidecarData []byte, last bool) error {
 	sidecar, err := parseSidecar(sidecarData, v.keys)
 	if err != nil {
-		return &VerifyError{File: path + SidecarSuffix, Problem: ProblemForged, Detail: "sidecar " + err.Error()}
+		return &VerifyError{File: displayName(path) + SidecarSuffix, Problem: ProblemForged, Detail: "sidecar " + err.Error()}
 	}
 	if sidecar == nil && last && v.opts.RequireSidecar {
-		return &VerifyError{File: path + SidecarSuffix, Problem: ProblemNoSidecar, Detail: "no valid checkpoint sidecar: deleted lines after the last in-log checkpoint could not be noticed"}
+		return &VerifyError{File: displayName(path) + SidecarSuffix, Problem: ProblemNoSidecar, Detail: "no valid checkpoint sidecar: deleted lines after the last in-log checkpoint could not be noticed"}
 	}
 	w := &walker{file: path, mac: v.mac, chainID: v.chainID, keys: v.keys, sidecar: sidecar, opts: v.opts, res: v.res}
 	for i, a := range v.opts.Anchors {
@@ -524,7 +524,7 @@ func (w *walker) unlinked(br *bufio.Reader, buf *[]byte) error {
 			if _, nsum, ok := splitLine(next); ok && string(nsum) == *w.fields.PrevHash {
 				return w.fail(n, decision, ProblemReordered, fmt.Sprintf("lines %d and %d are swapped", n, n+1))
 			}
-			return w.fail(n, decision, ProblemReordered, fmt.Sprintf("the line was moved here: line %d follows line %d", n+1, n-1))
+			return w.fail(n, decision, ProblemReordered, fmt.Sprintf("the line does not belong here (line %d follows line %d): it was moved, copied or spliced in", n+1, n-1))
 		}
 	}
 	return w.fail(n, decision, ProblemGap, fmt.Sprintf("it does not follow line %d: lines are missing before it, or it was moved here", n-1))
