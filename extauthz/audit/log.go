@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -64,8 +65,10 @@ type file interface {
 }
 
 // Log is an append-only JSONL file with a keyed chain and signed checkpoints.
-// Safe for concurrent use: concurrent Writes are committed together by one
-// goroutine that Open starts and Close stops.
+// Safe for concurrent use. Concurrent Writes are committed together: a Write
+// that finds no commit in progress commits the batch it joined itself (so an
+// uncontended Write costs no goroutine switch); the others wait, and when a
+// commit ends, one Write of the next batch commits it.
 type Log struct {
 	path, sidecarPath string
 	opts              Options
@@ -75,15 +78,16 @@ type Log struct {
 	pub               map[string]ed25519.PublicKey
 	chainID           string
 
-	mu       sync.Mutex
-	cur      *batch // filling: the next batch to commit
-	closed   bool
-	broken   error // sticky: a failed batch could not be undone
-	kick     chan struct{}
-	exited   chan struct{}
-	closeErr error
+	mu         sync.Mutex
+	cond       *sync.Cond // broadcast when a commit ends
+	cur        *batch     // filling: the next batch to commit
+	committing bool       // a commit is in progress; what follows is its committer's
+	waiting    int        // Writes waiting for a commit to end
+	closed     bool       // no new Writes
+	shut       bool       // Close finished
+	broken     error      // sticky: a failed batch could not be undone
 
-	// Owned by the committer goroutine (and by Open before it starts).
+	// Owned by whoever commits (committing is set), and by Open.
 	f, sc      file
 	mac        *chainMAC
 	st         state
@@ -110,10 +114,8 @@ type batch struct {
 	rotated    string
 	err        error
 	rotateErr  error
-	done       chan struct{}
+	finished   bool // guarded by Log.mu
 }
-
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
 
 var _ Sink = (*Log)(nil)
 
@@ -136,8 +138,8 @@ func Open(path string, opts Options) (*Log, error) {
 	if opts.CheckpointEvery == 0 {
 		opts.CheckpointEvery = DefaultCheckpointEvery
 	}
-	l := &Log{path: path, sidecarPath: path + SidecarSuffix, opts: opts, now: opts.Now, logger: opts.Logger,
-		cur: newBatch(), kick: make(chan struct{}, 1), exited: make(chan struct{})}
+	l := &Log{path: path, sidecarPath: path + SidecarSuffix, opts: opts, now: opts.Now, logger: opts.Logger, cur: &batch{}}
+	l.cond = sync.NewCond(&l.mu)
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -153,7 +155,6 @@ func Open(path string, opts Options) (*Log, error) {
 		}
 		return nil, fmt.Errorf("audit: open %s: %w", path, err)
 	}
-	go l.run()
 	return l, nil
 }
 
@@ -368,14 +369,52 @@ func (l *Log) Write(r *Record) error {
 	}
 	b, i := l.cur, len(l.cur.lines)
 	b.lines = append(b.lines, buf.Bytes())
+	l.await(b)
 	l.mu.Unlock()
-	l.signal()
-	<-b.done
 	if b.err != nil {
 		return b.err
 	}
 	r.PrevHash, r.Hash = b.prev[i], b.hash[i]
 	return nil
+}
+
+// await returns when b has been committed, committing it (and nothing
+// else) if no commit is in progress. Called and returns with l.mu held.
+func (l *Log) await(b *batch) {
+	for !b.finished {
+		if l.committing {
+			l.waiting++
+			l.cond.Wait()
+			l.waiting--
+			continue
+		}
+		// No commit in progress and b not finished: b is the filling batch.
+		l.commit()
+	}
+}
+
+// commit commits the filling batch. Called and returns with l.mu held,
+// which it releases while writing.
+func (l *Log) commit() {
+	l.committing = true
+	if l.waiting > 0 {
+		// Others are writing too: let those about to join do so first.
+		l.mu.Unlock()
+		runtime.Gosched()
+		l.mu.Lock()
+	}
+	b := l.cur
+	l.cur = &batch{}
+	l.mu.Unlock()
+	if len(b.lines) > 0 {
+		b.err = l.append(b, false)
+	}
+	if b.rotate {
+		b.rotated, b.rotateErr = l.rotate()
+	}
+	l.mu.Lock()
+	b.finished, l.committing = true, false
+	l.cond.Broadcast()
 }
 
 var linePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -398,56 +437,37 @@ func (l *Log) Rotate() (string, error) {
 	}
 	b := l.cur
 	b.rotate = true
+	l.await(b)
 	l.mu.Unlock()
-	l.signal()
-	<-b.done
 	return b.rotated, b.rotateErr
 }
 
 // Close commits what is pending, writes a final checkpoint line, makes the
-// log and its sidecar durable and closes them.
+// log and its sidecar durable and closes them. Writes after Close fail.
 func (l *Log) Close() error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.closed {
-		l.mu.Unlock()
-		<-l.exited
+		for !l.shut {
+			l.cond.Wait()
+		}
 		return nil
 	}
 	l.closed = true
+	for l.committing || len(l.cur.lines) > 0 || l.cur.rotate {
+		if l.committing {
+			l.cond.Wait()
+		} else {
+			l.commit()
+		}
+	}
+	l.committing = true // for good: the files are closing
 	l.mu.Unlock()
-	l.signal()
-	<-l.exited
-	return l.closeErr
-}
-
-func (l *Log) signal() {
-	select {
-	case l.kick <- struct{}{}:
-	default: // a commit is already due; it will take this batch too
-	}
-}
-
-// run is the committer: it takes the filling batch whenever one is due and
-// commits it while the next one fills.
-func (l *Log) run() {
-	defer close(l.exited)
-	for range l.kick {
-		l.mu.Lock()
-		b, closing := l.cur, l.closed
-		l.cur = newBatch()
-		l.mu.Unlock()
-		if len(b.lines) > 0 {
-			b.err = l.append(b, false)
-		}
-		if b.rotate {
-			b.rotated, b.rotateErr = l.rotate()
-		}
-		close(b.done)
-		if closing {
-			l.closeErr = l.finish()
-			return
-		}
-	}
+	err := l.finish()
+	l.mu.Lock()
+	l.shut = true
+	l.cond.Broadcast()
+	return err
 }
 
 // append commits a batch: one write of its lines (after a checkpoint line when
