@@ -297,3 +297,62 @@ func asVerifyError(err error) *VerifyError {
 	ve, _ := err.(*VerifyError)
 	return ve
 }
+
+// TestReopenWithoutWrites: opening and closing a log that ends with a
+// checkpoint adds nothing.
+func TestReopenWithoutWrites(t *testing.T) {
+	t.Parallel()
+	path, l := newLog(t, Options{})
+	writeN(t, l, "d", 2)
+	l.Close()
+	size := len(readFile(t, path))
+	for range 3 {
+		l, err := Open(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+	if got := len(readFile(t, path)); got != size {
+		t.Fatalf("reopening grew the log from %d to %d bytes", size, got)
+	}
+	if _, err := VerifyFiles([]string{path}, VerifyOptions{Keys: keysOf(t, path), RequireSidecar: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTornHeaderStartsAgain: power lost while a new log wrote its header,
+// before any Write: the log starts again.
+func TestTornHeaderStartsAgain(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	os.WriteFile(path, []byte(`{"ts":"2026-03-02T12:00:00Z","event":"log_op`), 0o600)
+	l, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeN(t, l, "d", 1)
+	l.Close()
+	if res, err := VerifyFile(path); err != nil || res.Lines != 1 {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+}
+
+// TestNoKeysForAMissingLog: a deleted log with its sidecar left is an error,
+// and Open does not create keys for it.
+func TestNoKeysForAMissingLog(t *testing.T) {
+	t.Parallel()
+	path, l := newLog(t, Options{})
+	writeN(t, l, "d", 1)
+	l.Close()
+	chain, signing := DefaultKeyFiles(path)
+	os.Remove(path)
+	os.Remove(chain)
+	os.Remove(signing)
+	if _, err := Open(path, Options{}); err == nil {
+		t.Fatal("opened")
+	}
+	if _, err := os.Stat(chain); err == nil {
+		t.Fatal("created a chain key for a log whose sidecar names another")
+	}
+}

@@ -160,7 +160,8 @@ type lineFields struct {
 	ChainKeyID string      `json:"chain_key_id"`
 	Link       *Link       `json:"link"`
 	Checkpoint *Checkpoint `json:"checkpoint"`
-	PrevHash   *string     `json:"prev_hash"`
+
+	tsRaw []byte // TS not yet parsed (readRecordHead)
 }
 
 // encodeLine encodes v (a Record or controlLine whose PrevHash and Hash are

@@ -162,10 +162,13 @@ func (l *Log) open() error {
 	if err := finishRotation(l.path); err != nil {
 		return err
 	}
-	var size int64
-	if st, err := os.Stat(l.path); err == nil {
-		size = st.Size()
-	} else if !errors.Is(err, os.ErrNotExist) {
+	data, err := readSidecar(l.sidecarPath)
+	if err != nil {
+		return err
+	}
+	neverSealed := len(bytes.Trim(data, " \n\x00")) == 0
+	size, err := l.size(neverSealed)
+	if err != nil {
 		return err
 	}
 	chainFile, signingFile := DefaultKeyFiles(l.path)
@@ -178,7 +181,7 @@ func (l *Log) open() error {
 	// Keys are created only for a new log: an existing one under a new key
 	// could never verify again.
 	loadChain, loadSigning := LoadChainKey, LoadSigningKey
-	if size == 0 {
+	if size == 0 && neverSealed {
 		loadChain, loadSigning = loadOrCreateChainKey, loadOrCreateSigningKey
 	}
 	chainKey, err := loadChain(chainFile)
@@ -192,10 +195,6 @@ func (l *Log) open() error {
 	l.pub = map[string]ed25519.PublicKey{KeyID(pub): pub}
 	l.mac, l.chainID = newChainMAC(chainKey), chainKeyID(chainKey)
 
-	data, err := readSidecar(l.sidecarPath)
-	if err != nil {
-		return err
-	}
 	sealed, err := parseSidecar(data, l.pub)
 	if err != nil {
 		return fmt.Errorf("sidecar %s: %w (if the signing key %s was replaced, restore it)", l.sidecarPath, err, signingFile)
@@ -218,6 +217,27 @@ func (l *Log) open() error {
 	return l.recover(sealed, size)
 }
 
+// size is the log's size, 0 if it does not exist. A log never sealed whose
+// header is torn (no line ends: power was lost while a new log was being
+// started, before any Write) is emptied, to start again.
+func (l *Log) size(neverSealed bool) (int64, error) {
+	st, err := os.Stat(l.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil || !neverSealed || st.Size() > MaxLineBytes {
+		return st.Size(), err
+	}
+	data, err := os.ReadFile(l.path)
+	if err != nil {
+		return 0, err
+	}
+	if bytes.IndexByte(data, '\n') < 0 {
+		return 0, os.Truncate(l.path, 0)
+	}
+	return st.Size(), nil
+}
+
 // recover takes up an existing log from its sidecar checkpoint.
 func (l *Log) recover(sealed *Checkpoint, size int64) error {
 	header, err := firstLine(l.f, size)
@@ -226,6 +246,7 @@ func (l *Log) recover(sealed *Checkpoint, size int64) error {
 	}
 	w := &walker{file: l.path, mac: l.mac, chainID: l.chainID, keys: l.pub}
 	from := int64(0)
+	lastEvent := "" // of the last line
 	switch {
 	case sealed == nil:
 		// Only a lone header may be unsealed: a crash between writing it and
@@ -234,9 +255,11 @@ func (l *Log) recover(sealed *Checkpoint, size int64) error {
 		if size < sealed.Bytes {
 			return fmt.Errorf("the sidecar checkpoint seals %d lines (%d bytes), the file has %d bytes: lines were deleted or the file truncated", sealed.Lines, sealed.Bytes, size)
 		}
-		if err := l.checkSealedLine(sealed); err != nil {
+		last, err := l.checkSealedLine(sealed)
+		if err != nil {
 			return err
 		}
+		lastEvent = eventOf(last)
 		w.n, w.off, w.head, w.fr.LogID = sealed.Lines, sealed.Bytes, sealed.Head, sealed.LogID
 		from = sealed.Bytes
 	default:
@@ -248,6 +271,9 @@ func (l *Log) recover(sealed *Checkpoint, size int64) error {
 	if err != nil {
 		return err
 	}
+	if w.fr.TotalLines > 0 { // the walk read lines
+		lastEvent = w.fields.Event
+	}
 	if sealed == nil && w.n > 1 {
 		return fmt.Errorf("%d lines but no valid checkpoint sidecar %s: lines could have been deleted unnoticed", w.n, l.sidecarPath)
 	}
@@ -258,9 +284,9 @@ func (l *Log) recover(sealed *Checkpoint, size int64) error {
 		}
 	}
 	l.st = state{logID: w.fr.LogID, lines: w.n, bytes: w.off, head: w.head}
-	if w.fields.Event != EventCheckpoint || w.n != w.fr.TotalLines {
-		// The cadence restarts here; a Close without writes still adds a
-		// checkpoint when the last line is not one.
+	if lastEvent != EventCheckpoint {
+		// The cadence restarts here; Close adds a checkpoint line unless the
+		// log already ends with one.
 		l.st.sinceCheckpoint = 1
 	}
 	if sealed != nil {
@@ -273,8 +299,8 @@ func (l *Log) recover(sealed *Checkpoint, size int64) error {
 }
 
 // checkSealedLine checks that the line the sidecar seals is in the file, with
-// the hash the sidecar names.
-func (l *Log) checkSealedLine(c *Checkpoint) error {
+// the hash the sidecar names, and returns it.
+func (l *Log) checkSealedLine(c *Checkpoint) ([]byte, error) {
 	line, err := lineEndingAt(l.f, c.Bytes)
 	if err == nil {
 		prefix, sum, ok := splitLine(line)
@@ -287,9 +313,17 @@ func (l *Log) checkSealedLine(c *Checkpoint) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("the sidecar checkpoint seals line %d at byte %d, but %w: the log was rewritten", c.Lines, c.Bytes, err)
+		return nil, fmt.Errorf("the sidecar checkpoint seals line %d at byte %d, but %w: the log was rewritten", c.Lines, c.Bytes, err)
 	}
-	return nil
+	return line, nil
+}
+
+func eventOf(line []byte) string {
+	var f lineFields
+	if !readRecordHead(line, &f) {
+		_ = json.Unmarshal(line, &f)
+	}
+	return f.Event
 }
 
 // startLog writes a header line into the empty file f and makes it durable,

@@ -161,7 +161,7 @@ func TestTamperingNamed(t *testing.T) {
 		{"edited line", join(replaceLine(c, at("d3"), func(s string) string { return strings.Replace(s, `"allow"`, `"deny"`, 1) })), fx.closedSidecar, ProblemEdited, at("d3"), "d3"},
 		{"edited last record", join(replaceLine(c, at("d8"), func(s string) string { return strings.Replace(s, `"db.read"`, `"db.drop"`, 1) })), fx.closedSidecar, ProblemEdited, at("d8"), "d8"},
 		{"edited header", join(replaceLine(c, 1, func(s string) string { return strings.Replace(s, `"log_opened"`, `"log_openeD"`, 1) })), fx.closedSidecar, ProblemEdited, 1, ""},
-		{"edited line, made invalid JSON", join(replaceLine(c, at("d2"), func(s string) string { return strings.Replace(s, `"allow"`, `"allow`, 1) })), fx.closedSidecar, ProblemMalformed, at("d2"), ""},
+		{"edited line, made invalid JSON", join(replaceLine(c, at("d2"), func(s string) string { return strings.Replace(s, `"allow"`, `"allow`, 1) })), fx.closedSidecar, ProblemEdited, at("d2"), "d2"},
 		{"deleted middle line", join(without(c, at("d3"))), fx.closedSidecar, ProblemGap, at("d3"), "d4"},
 		{"deleted two middle lines", join(without(c, at("d3"), at("d4"))), fx.closedSidecar, ProblemGap, at("d3"), "d5"},
 		{"deleted first record", join(without(c, at("d1"))), fx.closedSidecar, ProblemGap, 2, "d2"},

@@ -279,6 +279,9 @@ func (v *verifier) file(path string, r io.Reader, sidecarData []byte, last bool)
 	}
 	v.res.Files = append(v.res.Files, w.fr)
 	v.lastSel = append(v.lastSel, w.lastSelected)
+	if w.lastSelected > 0 {
+		v.res.LastSelected = &Position{File: path, Line: w.lastSelected}
+	}
 	v.res.Lines += w.fr.Records
 	v.res.Checkpoints += w.fr.Checkpoints
 	v.res.LogID, v.res.Head = w.fr.LogID, w.fr.Head
@@ -336,7 +339,8 @@ type walker struct {
 	lastSelected   int  // the last line handed to the selection
 	sidecarViaLink bool // the sidecar is the previous log's last checkpoint
 	sum            [hashHexLen]byte
-	fields         lineFields
+	fields         lineFields // of the latest line
+	prev           string     // the prev_hash of a line that did not follow
 }
 
 func (w *walker) fail(line int, decision string, p Problem, detail string) error {
@@ -347,31 +351,42 @@ func (w *walker) fail(line int, decision string, p Problem, detail string) error
 // when the line is intact but does not follow the one before.
 func (w *walker) step(line []byte) error {
 	n := w.n + 1
-	f := &w.fields
-	*f = lineFields{}
-	if err := json.Unmarshal(line, f); err != nil {
-		return w.fail(n, "", ProblemMalformed, "not a JSON line: "+err.Error())
-	}
 	prefix, sum, ok := splitLine(line)
-	if !ok || f.PrevHash == nil {
-		return w.fail(n, f.DecisionID, ProblemMalformed, `does not end with "prev_hash" and "hash": not a line of a keyed audit log`)
+	var prev []byte
+	if ok {
+		prev, ok = prevHashOf(prefix)
+	}
+	if !ok {
+		return w.fail(n, decisionOf(line), ProblemMalformed, `does not end with "prev_hash" and "hash": not a line of a keyed audit log`)
 	}
 	w.mac.line(prefix, w.sum[:])
 	if !bytes.Equal(w.sum[:], sum) {
-		if n == 1 && f.ChainKeyID != "" && f.ChainKeyID != w.chainID {
-			return w.fail(n, f.DecisionID, ProblemWrongKey, fmt.Sprintf("the log was written under chain key %s, the key given is %s: a wrong --key, or the chain was rebuilt under another key", f.ChainKeyID, w.chainID))
+		var h lineFields
+		_ = json.Unmarshal(line, &h)
+		if n == 1 && h.ChainKeyID != "" && h.ChainKeyID != w.chainID {
+			return w.fail(n, "", ProblemWrongKey, fmt.Sprintf("the log was written under chain key %s, the key given is %s: a wrong --key, or the chain was rebuilt under another key", h.ChainKeyID, w.chainID))
 		}
-		return w.fail(n, f.DecisionID, ProblemEdited, "its hash does not match its content: the line was edited, or the chain rebuilt under another key")
+		return w.fail(n, decisionOf(line), ProblemEdited, "its hash does not match its content: the line was edited, or the chain rebuilt under another key")
+	}
+	// The MAC holds, so these are the bytes the writer encoded: a record line
+	// can be read by position; others are decoded in full.
+	f := &w.fields
+	*f = lineFields{}
+	if !readRecordHead(line, f) {
+		if err := json.Unmarshal(line, f); err != nil {
+			return w.fail(n, "", ProblemMalformed, "not a JSON line: "+err.Error())
+		}
 	}
 	if w.n == 0 {
-		if err := w.header(f); err != nil {
+		if err := w.header(f, string(prev)); err != nil {
 			return err
 		}
 	} else {
 		if f.Event == EventLogOpened {
 			return w.fail(n, f.DecisionID, ProblemGenesis, "a log header in the middle of the log: lines of another log were spliced in")
 		}
-		if *f.PrevHash != w.head {
+		if string(prev) != w.head {
+			w.prev = string(prev)
 			return errUnlinked
 		}
 	}
@@ -409,13 +424,79 @@ func (w *walker) step(line []byte) error {
 	return nil
 }
 
+// prevHashOf returns the prev_hash at the end of a line's MAC'd prefix.
+func prevHashOf(prefix []byte) ([]byte, bool) {
+	const field = `"prev_hash":"`
+	if len(prefix) < len(field)+hashHexLen+1 || prefix[len(prefix)-1] != '"' {
+		return nil, false
+	}
+	start := len(prefix) - 1 - hashHexLen
+	if string(prefix[start-len(field):start]) != field {
+		return nil, false
+	}
+	return prefix[start : start+hashHexLen], true
+}
+
+// readRecordHead reads ts, decision_id and event from the start of a record
+// line as the encoder writes it, {"ts":"…","decision_id":"…"[,"event":"…"],
+// reporting false for anything else (a header or checkpoint line, an escaped
+// string), which is then decoded in full.
+func readRecordHead(line []byte, f *lineFields) bool {
+	rest, ok := bytes.CutPrefix(line, []byte(`{"ts":"`))
+	if !ok {
+		return false
+	}
+	ts, rest, ok := cutString(rest)
+	if !ok {
+		return false
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(`,"decision_id":"`)); !ok {
+		return false
+	}
+	id, rest, ok := cutString(rest)
+	if !ok {
+		return false
+	}
+	if r, isEvent := bytes.CutPrefix(rest, []byte(`,"event":"`)); isEvent {
+		ev, _, ok := cutString(r)
+		if !ok || isControl(string(ev)) {
+			return false
+		}
+		f.Event = string(ev)
+	}
+	f.tsRaw, f.DecisionID = ts, string(id)
+	return true
+}
+
+// cutString returns a JSON string's contents up to its closing quote, and
+// what follows it; false if it holds an escape.
+func cutString(b []byte) (s, rest []byte, ok bool) {
+	i := bytes.IndexAny(b, `"\`)
+	if i < 0 || b[i] != '"' {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// decisionOf finds a line's decision id for a message, if it can.
+func decisionOf(line []byte) string {
+	var f lineFields
+	if readRecordHead(line, &f) {
+		return f.DecisionID
+	}
+	if json.Unmarshal(line, &f) == nil {
+		return f.DecisionID
+	}
+	return ""
+}
+
 // header checks line 1: a log header whose prev_hash is the keyed genesis of
 // the log it names.
-func (w *walker) header(f *lineFields) error {
+func (w *walker) header(f *lineFields, prev string) error {
 	if f.Event != EventLogOpened || f.LogID == "" {
 		return w.fail(1, f.DecisionID, ProblemGenesis, "the first line is not a log header: lines were deleted from the start, or this is not a keyed audit log")
 	}
-	if *f.PrevHash != w.mac.genesis(f.LogID, f.Link) {
+	if prev != w.mac.genesis(f.LogID, f.Link) {
 		return w.fail(1, "", ProblemGenesis, fmt.Sprintf("prev_hash is not the keyed genesis of log %s", f.LogID))
 	}
 	w.fr.LogID, w.fr.Link = f.LogID, f.Link
@@ -479,16 +560,19 @@ func (w *walker) selectRecord(n int, f *lineFields, line []byte) error {
 	if w.opts == nil {
 		return nil
 	}
-	if (!w.opts.From.IsZero() && f.TS.Before(w.opts.From)) || (!w.opts.To.IsZero() && !f.TS.Before(w.opts.To)) {
-		return nil
+	if filtered := !w.opts.From.IsZero() || !w.opts.To.IsZero(); filtered || w.opts.Visit != nil {
+		if f.tsRaw != nil {
+			f.TS, _ = time.Parse(time.RFC3339Nano, string(f.tsRaw))
+		}
+		if filtered && (f.TS.Before(w.opts.From) || !w.opts.To.IsZero() && !f.TS.Before(w.opts.To)) {
+			return nil
+		}
 	}
-	pos := &Position{File: w.file, Line: n}
-	w.lastSelected = n
 	w.res.Selected++
 	if w.res.FirstSelected == nil {
-		w.res.FirstSelected = pos
+		w.res.FirstSelected = &Position{File: w.file, Line: n}
 	}
-	w.res.LastSelected = pos
+	w.lastSelected = n
 	if w.opts.Visit != nil {
 		return w.opts.Visit(Entry{File: w.file, Line: n, TS: f.TS, Event: f.Event, DecisionID: f.DecisionID, Raw: line})
 	}
@@ -519,9 +603,13 @@ func (w *walker) walk(br *bufio.Reader, buf, next *[]byte) (partial int, err err
 func (w *walker) unlinked(br *bufio.Reader, buf *[]byte) error {
 	n, decision := w.n+1, w.fields.DecisionID
 	if next, complete, err := readLine(br, buf); err == nil && complete {
-		var nf lineFields
-		if json.Unmarshal(next, &nf) == nil && nf.PrevHash != nil && *nf.PrevHash == w.head {
-			if _, nsum, ok := splitLine(next); ok && string(nsum) == *w.fields.PrevHash {
+		nprefix, nsum, ok := splitLine(next)
+		var nprev []byte
+		if ok {
+			nprev, ok = prevHashOf(nprefix)
+		}
+		if ok && string(nprev) == w.head {
+			if string(nsum) == w.prev {
 				return w.fail(n, decision, ProblemReordered, fmt.Sprintf("lines %d and %d are swapped", n, n+1))
 			}
 			return w.fail(n, decision, ProblemReordered, fmt.Sprintf("the line does not belong here (line %d follows line %d): it was moved, copied or spliced in", n+1, n-1))
