@@ -1,35 +1,47 @@
 // Package audit owns the tamper-evident decision log (AIS-OBS-01, DESIGN §7):
 // one JSON line per Check, plus the events that change what a Check means
-// (approvals, revocations, policy and route versions), in one keyed chain.
+// (approvals, revocations, policy and route versions), in one keyed chain;
+// and the Sealer that keeps clear argument values out of it.
 //
 // The chain. Every line ends with "prev_hash" (the previous line's hash) and
 // "hash": HMAC-SHA256, under the deployment's chain key, of the line up to its
 // hash field. The first line of a file is a header ("event":"log_opened") that
-// names the log (a random log id, and the previous log's id, line count and
-// head when the file continues a rotated one); its prev_hash is a keyed genesis
-// value derived from those names. Without the key nobody can write a line that
-// verifies, so an edited, inserted, moved or rebuilt line is found, and the
-// line is named.
+// names the log (a random log id, and the previous file's log id, line count
+// and head when the file continues a rotated one); its prev_hash is a keyed
+// genesis value derived from those names. Without the key nobody can write a
+// line that verifies, so an edited, inserted, moved or rebuilt line is found,
+// and named.
 //
 // Checkpoints. A checkpoint is signed with Ed25519 over (seq, log id, line
 // count, byte offset, head, time). After every write batch the Log writes one
-// into a sidecar file next to the log (FILE.checkpoint, two fixed slots, the
+// into a sidecar file next to the log (FILE.checkpoint: two fixed slots, the
 // higher valid seq wins), and every CheckpointEvery lines, at rotation and at
 // Close it copies the latest one into the log as a line of its own
 // ("event":"checkpoint"). Deleting the last lines, truncating the file or
-// replacing the sidecar with an older one therefore fails verification; with
-// the log alone, the lines after its last checkpoint are reported unsealed.
+// putting back an older sidecar therefore fails verification; a copy of the
+// log without its sidecar verifies up to its last checkpoint line, and the
+// records after it are reported unsealed.
+//
+// Rotation (Rotate, Options.MaxBytes) ends a file with a checkpoint line and
+// renames it PATH.<UTC time>; the new file's header links to the old file's
+// last line, so VerifyFiles checks the files as one chain.
 //
 // Writes are group-committed: concurrent Write calls share one write syscall,
 // one fsync (Options.Fsync) and one sidecar checkpoint, and each returns when
 // its own line is as durable as configured. A Write that fails left nothing in
 // the file; the caller must deny.
 //
-// Sealer encrypts the values a replay needs (AES-256-GCM, key ring in a
-// directory) so that clear argument values never reach the log.
+// Keys. The chain key (audit-key, 32 random bytes) and the signing key
+// (audit-signing-key.pem) are created, mode 0600, next to a new log unless
+// Options names them ($AISECOPS_HOME for the default log). Whoever holds the
+// chain key can write lines that verify, but cannot make the signed
+// checkpoints agree with them; whoever holds both can rewrite the log. A log
+// and its sidecar rolled back together to an earlier state verify on the
+// host: only a checkpoint kept elsewhere (VerifyOptions.Anchors) catches that.
 //
-// The package never holds a token, a raw argument value or a matched secret:
-// only hashes, findings and sealed values. It never logs its keys.
+// The package must not decide anything (a failed Write is the caller's
+// deny), never holds a token, a raw argument value or a matched secret (only
+// hashes, findings and sealed values), and never logs or prints a key.
 package audit
 
 import (
