@@ -111,7 +111,7 @@ func printAudit(w io.Writer, res audit.VerifyResult, verr error) {
 		} else {
 			fmt.Fprint(w, "; no sidecar")
 		}
-		fmt.Fprintf(w, "; %s unsealed\n", plural(f.UnsealedRecords, "record"))
+		fmt.Fprintf(w, "; %s unsealed (%s)\n", plural(f.UnsealedLines, "line"), plural(f.UnsealedRecords, "record"))
 	}
 	fmt.Fprintf(w, "  head %s\n", res.Head)
 }

@@ -104,7 +104,7 @@ func TestInLogCheckpoints(t *testing.T) {
 	}
 	f := res.Files[0]
 	// header, d1-d3, cp (line 5), d4-d7, cp (line 10), d8-d10: four lines between checkpoints
-	if res.Checkpoints != 2 || f.SealedThrough != 9 || f.UnsealedRecords != 3 || !strings.Contains(f.SealedBy, "line 10") {
+	if res.Checkpoints != 2 || f.SealedThrough != 9 || f.UnsealedLines != 4 || f.UnsealedRecords != 3 || !strings.Contains(f.SealedBy, "line 10") {
 		t.Fatalf("without sidecar: %+v", f)
 	}
 	if _, err := Verify(bytes.NewReader(data), nil, VerifyOptions{Keys: keys, RequireSidecar: true}); err == nil || !strings.Contains(err.Error(), string(ProblemNoSidecar)) {

@@ -130,7 +130,7 @@ var errUnknownKey = errors.New("signed by an unknown key")
 func (c *Checkpoint) verify(keys map[string]ed25519.PublicKey) error {
 	pub, ok := keys[c.KeyID]
 	if !ok {
-		return fmt.Errorf("%w %q", errUnknownKey, c.KeyID)
+		return fmt.Errorf("%w %q (a wrong public key given, or forged)", errUnknownKey, c.KeyID)
 	}
 	if !ed25519.Verify(pub, c.message(), c.Sig) {
 		return errors.New("signature does not verify")

@@ -124,7 +124,8 @@ type FileResult struct {
 	// file, its sidecar, an anchor, or the next file's link); SealedBy says which.
 	SealedThrough   int    `json:"sealed_through"`
 	SealedBy        string `json:"sealed_by,omitempty"`
-	UnsealedRecords int    `json:"unsealed_records"` // records after SealedThrough
+	UnsealedLines   int    `json:"unsealed_lines"`   // lines after SealedThrough
+	UnsealedRecords int    `json:"unsealed_records"` // records among them
 }
 
 // Position is a line in one of the verified files.
@@ -266,7 +267,7 @@ func (v *verifier) file(path string, r io.Reader, sidecarData []byte, last bool)
 		case w.fr.SealedThrough >= 1 || w.sidecarViaLink:
 			// This file's sealed header (or the sidecar it links to) vouches for
 			// every line of the one before.
-			prev.SealedThrough, prev.SealedBy, prev.UnsealedRecords = prev.TotalLines, "the link from "+displayName(path), 0
+			prev.SealedThrough, prev.SealedBy, prev.UnsealedLines, prev.UnsealedRecords = prev.TotalLines, "the link from "+displayName(path), 0, 0
 		}
 	}
 	if werr == nil {
@@ -639,6 +640,7 @@ func (w *walker) end() error {
 			return w.fail(w.n+1, "", ProblemTruncated, fmt.Sprintf("missing: anchor checkpoint seq %d seals %d lines, the file has %d", a.cp.Seq, a.cp.Lines, w.n))
 		}
 	}
+	w.fr.UnsealedLines = w.n - w.fr.SealedThrough
 	w.fr.UnsealedRecords = w.fr.Records - w.sealedRecords
 	return nil
 }
