@@ -112,6 +112,9 @@ func printAudit(w io.Writer, res audit.VerifyResult, verr error) {
 			fmt.Fprint(w, "; no sidecar")
 		}
 		fmt.Fprintf(w, "; %s unsealed (%s)\n", plural(f.UnsealedLines, "line"), plural(f.UnsealedRecords, "record"))
+		if f.TornTailBytes > 0 {
+			fmt.Fprintf(w, "    then a partial last line of %s: a write in progress or torn by a crash, never acknowledged (opening the log cuts it off)\n", plural(f.TornTailBytes, "byte"))
+		}
 	}
 	fmt.Fprintf(w, "  head %s\n", res.Head)
 }

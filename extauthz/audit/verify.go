@@ -70,7 +70,7 @@ type Entry struct {
 type Problem string
 
 const (
-	ProblemMalformed       Problem = "malformed"         // not a chain line, or an incomplete last line
+	ProblemMalformed       Problem = "malformed"         // not a chain line
 	ProblemEdited          Problem = "edited"            // the line's hash does not match its content
 	ProblemWrongKey        Problem = "wrong_key"         // the log names another chain key than the one given
 	ProblemGap             Problem = "gap"               // the line does not follow the one before: lines missing or moved
@@ -126,6 +126,9 @@ type FileResult struct {
 	SealedBy        string `json:"sealed_by,omitempty"`
 	UnsealedLines   int    `json:"unsealed_lines"`   // lines after SealedThrough
 	UnsealedRecords int    `json:"unsealed_records"` // records among them
+	// TornTailBytes is the size of a partial last line (no newline): a write
+	// in progress, or one a crash tore. Opening the log cuts it off.
+	TornTailBytes int `json:"torn_tail_bytes,omitempty"`
 }
 
 // Position is a line in one of the verified files.
@@ -250,10 +253,11 @@ func (v *verifier) file(path string, r io.Reader, sidecarData []byte, last bool)
 	}
 	w.fr.Path, w.fr.Sidecar = path, sidecar
 	br := bufio.NewReaderSize(r, 64<<10)
+	// A partial last line is a write in progress or torn by a crash: never
+	// acknowledged, never sealed (lines cut from the sealed part are missing
+	// lines), so it is reported, not failed. Open cuts it off.
 	partial, werr := w.walk(br, &v.line, &v.next)
-	if werr == nil && partial > 0 {
-		werr = w.fail(w.n+1, "", ProblemMalformed, "incomplete last line: a torn write or a truncated file (opening the log for writing cuts a torn line off)")
-	}
+	w.fr.TornTailBytes = partial
 	// Link this file to the one before it.
 	if werr == nil && len(v.res.Files) > 0 {
 		prev := &v.res.Files[len(v.res.Files)-1]
