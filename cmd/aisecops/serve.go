@@ -73,6 +73,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 		})
 	}
 
+	if err := servePprof(ctx, o.pprofAddr, log, start); err != nil {
+		return err
+	}
 	adminToken, err := loadOrCreateSecret(filepath.Join(o.home, "admin-token"))
 	if err != nil {
 		return err
