@@ -38,6 +38,7 @@ type benchOptions struct {
 	profile  string
 	minAllow float64
 	dir      string
+	aof      bool
 }
 
 // row is one measured row of the table. Per-Check figures divide a delta
@@ -114,6 +115,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.profile, "profile", "", "after the table, profile the server in one more c=32 row: 10s CPU and allocs profiles into this directory")
 	fs.Float64Var(&o.minAllow, "min-allowed", 99, "fail when a row of the real server allows fewer than this percentage of Checks")
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary one, removed on success)")
+	fs.BoolVar(&o.aof, "redis-aof", true, "run Redis with its append-only file (fsync every second), as the soak must; false: no persistence at all")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -134,7 +136,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func bench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) (err error) {
 	rep := benchReport{Started: time.Now().UTC(), Machine: machine(), GoVersion: runtime.Version(),
 		RowSeconds: o.duration.Seconds(), WarmupSecs: o.warmup.Seconds(), Connections: o.conns}
-	sys, err := startSystem(ctx, systemOptions{aisecops: o.aisecops, dir: o.dir, floor: true, pprof: o.profile != ""}, stderr)
+	redisArgs := defaultRedisArgs
+	if !o.aof {
+		redisArgs = []string{"--appendonly", "no", "--save", ""}
+	}
+	sys, err := startSystem(ctx, systemOptions{aisecops: o.aisecops, dir: o.dir, floor: true, pprof: o.profile != "", redisArgs: redisArgs}, stderr)
 	if err != nil {
 		return err
 	}
@@ -149,7 +155,7 @@ func bench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) (err e
 	if v, err := sys.rc.Info(ctx, "server").Result(); err == nil {
 		for line := range strings.SplitSeq(v, "\n") {
 			if s, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
-				rep.Redis = "redis " + s + " " + strings.Join(defaultRedisArgs, " ")
+				rep.Redis = "redis " + s + " " + shellJoin(redisArgs)
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -126,7 +127,7 @@ func startSystem(ctx context.Context, o systemOptions, logOut io.Writer) (s *sys
 		return nil, err
 	}
 	s.rc = redis.NewClient(&redis.Options{Addr: s.redis.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 5 * time.Second, PoolSize: 4})
-	fmt.Fprintf(logOut, "redis-server %s (dir %s, %s)\n", s.redis.Addr(), redisDir, strings.Join(args, " "))
+	fmt.Fprintf(logOut, "redis-server %s (dir %s, %s)\n", s.redis.Addr(), redisDir, shellJoin(args))
 
 	if o.floor {
 		if s.noop, err = startNoop(ctx, s.dir); err != nil {
@@ -214,4 +215,16 @@ func (s *system) close() {
 	if s.redis != nil {
 		s.redis.Kill()
 	}
+}
+
+// shellJoin shows a command line as a shell would take it.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = a
+		if a == "" || strings.ContainsAny(a, " \t\"'") {
+			q[i] = strconv.Quote(a)
+		}
+	}
+	return strings.Join(q, " ")
 }

@@ -139,7 +139,7 @@ func soak(ctx context.Context, o soakOptions, stdout, stderr io.Writer) (err err
 	rep := soakReport{Denials: map[string]int64{}, Options: map[string]string{
 		"duration": o.duration.String(), "rate": strconv.FormatFloat(o.rate, 'g', -1, 64), "lanes": strconv.Itoa(o.lanes),
 		"steps": strconv.Itoa(o.steps), "kills": strconv.Itoa(o.kills), "down": o.down.String(), "retries": strconv.Itoa(o.retries),
-		"redis": strings.Join(defaultRedisArgs, " "),
+		"redis": shellJoin(defaultRedisArgs),
 	}}
 	start := time.Now()
 	events := make([][]event, o.lanes)
