@@ -39,5 +39,32 @@ fuzz: ## every fuzz target, FUZZTIME each
 		done; \
 	done
 
-bench: ## the benchmarks quoted in README's performance section
+bench-go: ## the Go benchmarks quoted in README's performance section
 	$(GO) test -run='^$$' -bench='$(BENCH)' -benchmem ./...
+
+# The load table of the performance issue: a fresh redis-server, the no-op
+# floor and `aisecops serve`, all on loopback, floor and server interleaved
+# per concurrency (see cmd/aisecops-load). bench-quick is the same, shorter.
+LOAD_DURATION ?= 10s
+LOAD_FLAGS    ?=
+SOAK_FLAGS    ?=
+
+.PHONY: bench-go bench-quick load-build soak soak-short
+
+load-build:
+	$(GO) build -o bin/aisecops ./cmd/aisecops
+	$(GO) build -o bin/aisecops-load ./cmd/aisecops-load
+
+bench: load-build ## load table: floor vs aisecops serve on Redis, LOAD_DURATION per row
+	bin/aisecops-load bench --aisecops bin/aisecops --duration $(LOAD_DURATION) $(LOAD_FLAGS)
+
+bench-quick:
+	$(MAKE) bench LOAD_DURATION=3s LOAD_FLAGS="--warmup 1s $(LOAD_FLAGS)"
+
+# Fixed rate while Redis is SIGKILLed and restarted twice, then the audit log
+# and Redis are checked for lost, double and over-budget debits.
+soak: load-build ## ten minutes of load while Redis is killed twice
+	bin/aisecops-load soak --aisecops bin/aisecops --duration 10m $(SOAK_FLAGS)
+
+soak-short: load-build ## the soak in two minutes, for CI
+	bin/aisecops-load soak --aisecops bin/aisecops --duration 2m --deadline 5m $(SOAK_FLAGS)

@@ -48,6 +48,7 @@ type options struct {
 	workloadJWKSFile string
 	agentNamespace   string
 	revocationsFile  string
+	pprofAddr        string
 
 	listen listenOptions // TLS, the loopback rule and limits: listen.go
 }
@@ -92,6 +93,7 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.apiJWKSFile, "api-jwks-file", "", "JWKS file of the operator JWT issuer")
 	fs.StringVar(&o.apiJWKSURL, "api-jwks-url", "", "JWKS URL of the operator JWT issuer")
 	fs.StringVar(&o.revocationsFile, "revocations-file", "", "JSON file of revoked token ids and agents (reloaded on change)")
+	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (default: off)")
 	fs.StringVar(&o.rolloutGroups, "rollout-groups", "", "xDS rollout groups: canary=node-a,node-b;beta=node-c")
 	fs.BoolVar(&o.stagedRollout, "staged-rollout", false, "hold a new routes version until POST /v1/xds/stage/{group} or /v1/xds/promote")
 	fs.StringVar(&o.redisURL, "redis-url", "", "Redis URL for run state (redis:// or rediss://); default in memory")

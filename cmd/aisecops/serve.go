@@ -76,6 +76,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 		})
 	}
 
+	if err := servePprof(ctx, o.pprofAddr, log, start); err != nil {
+		return err
+	}
 	auth, err := apiAuth(ctx, o, log, start)
 	if err != nil {
 		return err
