@@ -54,7 +54,7 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 		return false, nil // protocol traffic: no token spent, no step recorded
 	}
 	if !o.receipt.JTISpent && mustSpend(o.who.Claims, o.verdict.Obligations) {
-		if err := spendToken(ctx, s.cfg.Nonces, o.who.Claims, o.now); err != nil {
+		if err := spendToken(ctx, s.cfg.Nonces, o.who.Claims, o.id, o.now); err != nil {
 			if err.Code == reason.StoreUnavailable {
 				s.metrics.storeErrors.WithLabelValues("nonce").Inc()
 			}
@@ -122,9 +122,9 @@ func mustSpend(c *capability.Claims, obligations map[string]any) bool {
 }
 
 // spendToken records the token's jti as used until it expires.
-func spendToken(ctx context.Context, n NonceStore, c *capability.Claims, now time.Time) *reason.Error {
+func spendToken(ctx context.Context, n NonceStore, c *capability.Claims, decisionID string, now time.Time) *reason.Error {
 	ttl := max(c.ExpiresAt.Sub(now)+time.Minute, time.Minute)
-	first, err := n.UseOnce(ctx, "jti:"+c.ID, ttl)
+	first, err := n.UseOnce(ctx, "jti:"+c.ID, decisionID, ttl)
 	if err != nil {
 		return reason.Wrap(reason.StoreUnavailable, err, "token store unavailable")
 	}

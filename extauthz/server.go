@@ -87,7 +87,7 @@ type StepAppender interface {
 
 // NonceStore records single-use token ids.
 type NonceStore interface {
-	UseOnce(ctx context.Context, id string, ttl time.Duration) (first bool, err error)
+	UseOnce(ctx context.Context, id, owner string, ttl time.Duration) (first bool, err error)
 }
 
 var (

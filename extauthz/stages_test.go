@@ -6,6 +6,7 @@ package extauthz
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"testing"
@@ -372,27 +373,29 @@ func TestStageSettle(t *testing.T) {
 	}
 }
 
-// onceStore is a nonce store in a map.
-type onceStore map[string]bool
+// onceStore is a nonce store in a map of owners.
+type onceStore map[string]string
 
-func (s onceStore) UseOnce(_ context.Context, id string, _ time.Duration) (bool, error) {
+func (s onceStore) UseOnce(_ context.Context, id, owner string, _ time.Duration) (bool, error) {
 	if id == "jti:down" {
 		return false, errors.New("connection refused")
 	}
-	first := !s[id]
-	s[id] = true
-	return first, nil
+	if prev, ok := s[id]; ok {
+		return prev == owner, nil
+	}
+	s[id] = owner
+	return true, nil
 }
 
 func TestStageSpendToken(t *testing.T) {
 	st := onceStore{}
 	c := &capability.Claims{ID: "a", ExpiresAt: t0.Add(time.Minute)}
 	for i, want := range []reason.Code{"", reason.TokenReplayed} {
-		if got := code(spendToken(context.Background(), st, c, t0)); got != want {
+		if got := code(spendToken(context.Background(), st, c, fmt.Sprintf("dec_%d", i), t0)); got != want {
 			t.Fatalf("use %d: %q, want %q", i+1, got, want)
 		}
 	}
-	if got := code(spendToken(context.Background(), st, &capability.Claims{ID: "down"}, t0)); got != reason.StoreUnavailable {
+	if got := code(spendToken(context.Background(), st, &capability.Claims{ID: "down"}, "dec_x", t0)); got != reason.StoreUnavailable {
 		t.Fatalf("store down: %q", got)
 	}
 	if !mustSpend(&capability.Claims{SingleUse: true}, nil) || !mustSpend(c, map[string]any{"consume_jti": "a"}) || mustSpend(c, nil) {

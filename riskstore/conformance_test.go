@@ -1016,14 +1016,18 @@ func TestConformanceNonces(t *testing.T) {
 			ctx := context.Background()
 			long := string(make([]byte, 200))
 			var got []bool
-			for _, id := range []string{"jti-1", "jti-1", "jti-2", long, long, "jti-1"} {
-				first, err := s.UseOnce(ctx, id, time.Minute)
+			// The same owner again (a client retry of a write whose reply
+			// was lost) is not a replay; any other owner is.
+			for _, use := range []struct{ id, owner string }{
+				{"jti-1", "d1"}, {"jti-1", "d2"}, {"jti-2", "d3"}, {long, "d4"}, {long, "d5"}, {"jti-1", "d6"}, {"jti-1", "d1"},
+			} {
+				first, err := s.UseOnce(ctx, use.id, use.owner, time.Minute)
 				if err != nil {
 					t.Fatal(err)
 				}
 				got = append(got, first)
 			}
-			if diff := cmp.Diff([]bool{true, false, true, true, false, false}, got); diff != "" {
+			if diff := cmp.Diff([]bool{true, false, true, true, false, false, true}, got); diff != "" {
 				t.Errorf("UseOnce (-want +got):\n%s", diff)
 			}
 		})

@@ -33,7 +33,7 @@ type Memory struct {
 	owners    map[string]memOwner
 	agents    map[string]memAgent
 	approvals map[string]memApproval
-	nonces    map[string]time.Time
+	nonces    map[string]nonce
 	// nonceSweepAt is the nonce count that triggers the next sweep; it doubles
 	// with the live count so sweeping stays amortised O(1) per UseOnce.
 	nonceSweepAt   int
@@ -117,7 +117,7 @@ func NewMemory(now func() time.Time) *Memory {
 		owners:       make(map[string]memOwner),
 		agents:       make(map[string]memAgent),
 		approvals:    make(map[string]memApproval),
-		nonces:       make(map[string]time.Time),
+		nonces:       make(map[string]nonce),
 		nonceSweepAt: minNonceSweep,
 		now:          now,
 	}
@@ -460,18 +460,24 @@ func (m *Memory) ConsumeApproval(_ context.Context, id, binding string) (Approva
 	return ma.a, nil
 }
 
+// nonce is a recorded single-use id: who recorded it and until when.
+type nonce struct {
+	owner   string
+	expires time.Time
+}
+
 // UseOnce implements Nonces.
-func (m *Memory) UseOnce(_ context.Context, id string, ttl time.Duration) (bool, error) {
+func (m *Memory) UseOnce(_ context.Context, id, owner string, ttl time.Duration) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	if exp, ok := m.nonces[id]; ok && now.Before(exp) {
-		return false, nil
+	if n, ok := m.nonces[id]; ok && now.Before(n.expires) {
+		return n.owner == owner, nil
 	}
-	m.nonces[id] = now.Add(ttl)
+	m.nonces[id] = nonce{owner: owner, expires: now.Add(ttl)}
 	if len(m.nonces) > m.nonceSweepAt {
-		for k, exp := range m.nonces {
-			if now.After(exp) {
+		for k, n := range m.nonces {
+			if now.After(n.expires) {
 				delete(m.nonces, k)
 			}
 		}

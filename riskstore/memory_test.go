@@ -253,7 +253,7 @@ func TestMemoryNonceSweep(t *testing.T) {
 	ctx := context.Background()
 	use := func(id string, ttl time.Duration) {
 		t.Helper()
-		if first, err := m.UseOnce(ctx, id, ttl); err != nil || !first {
+		if first, err := m.UseOnce(ctx, id, "owner", ttl); err != nil || !first {
 			t.Fatalf("UseOnce(%s) = %v, %v", id, first, err)
 		}
 	}

@@ -169,8 +169,18 @@ func decodeApproval(id, body, status, decision string) (Approval, error) {
 	return a, nil
 }
 
-// UseOnce implements Nonces with SET NX PX: the first caller wins, on any replica.
-func (r *Redis) UseOnce(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+// useOnceScript records KEYS[1] for owner ARGV[1] for ARGV[2] ms and answers
+// 1 when this owner holds it (now or from an earlier attempt of the same
+// call), 0 when another owner does.
+var useOnceScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+`)
+
+// UseOnce implements Nonces with SET NX PX in a script: the first owner wins,
+// on any replica, and a client retry of the same owner's write is not a replay.
+func (r *Redis) UseOnce(ctx context.Context, id, owner string, ttl time.Duration) (bool, error) {
 	if err := r.durability.refuse(); err != nil {
 		return false, err
 	}
@@ -179,9 +189,9 @@ func (r *Redis) UseOnce(ctx context.Context, id string, ttl time.Duration) (bool
 		return true, nil
 	}
 	key := r.prefix + ":jti:" + requestField(id)
-	first, err := r.client.SetNX(ctx, key, "1", max(ttl, time.Millisecond)).Result()
+	first, err := useOnceScript.Run(ctx, r.client, []string{key}, owner, max(ttl, time.Millisecond).Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("riskstore: use token id once: %w", err)
 	}
-	return first, nil
+	return first == 1, nil
 }

@@ -1,9 +1,11 @@
 package riskstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -460,7 +462,7 @@ func TestRedisEveryKeyHasTTL(t *testing.T) {
 	if _, err := r.DecideApproval(ctx, "a1", true, "alice", "", t0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.UseOnce(ctx, "jti", time.Hour); err != nil {
+	if _, err := r.UseOnce(ctx, "jti", "owner", time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	c := srv.Client(t)
@@ -839,7 +841,7 @@ func TestRedisRefusesVolatile(t *testing.T) {
 	if _, err := r.Commit(ctx, run, Step{ExpectVersion: AnyVersion, RequestID: "x"}, Limits{}, time.Hour); !errors.Is(err, ErrVolatile) {
 		t.Fatalf("Commit on a volatile Redis: %v", err)
 	}
-	if _, err := r.UseOnce(ctx, "jti:x", time.Minute); !errors.Is(err, ErrVolatile) {
+	if _, err := r.UseOnce(ctx, "jti:x", "owner", time.Minute); !errors.Is(err, ErrVolatile) {
 		t.Fatalf("UseOnce on a volatile Redis: %v", err)
 	}
 	if err := srv.Client(t).ConfigSet(ctx, "appendonly", "yes").Err(); err != nil {
@@ -859,4 +861,102 @@ func TestRedisRefusesVolatile(t *testing.T) {
 	if durable, err := loose.Durable(ctx); err != nil || durable {
 		t.Fatalf("Durable = %v %v", durable, err)
 	}
+}
+
+// TestUseOnceSurvivesItsOwnRetry: when the reply to the write that records a
+// token id is lost (here: held past the read timeout), go-redis sends the
+// command again on a new connection. That retry must not read the call's own
+// write as a replay — before owners, it came back "first = false" and the
+// call was denied token_replayed. Another call with the same id still is.
+func TestUseOnceSurvivesItsOwnRetry(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	proxy := newStallingProxy(t, sharedNode(t).Addr(), []byte("jti:retry"), 3*timeout)
+	r := newRedisStore(t, RedisOptions{URL: "redis://" + proxy.addr, OpTimeout: timeout, MaxRetries: 2})
+	ctx := context.Background()
+	// Load the script first, so the stalled command is the one that writes.
+	if _, err := r.UseOnce(ctx, "jti:warm", "d0", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	first, err := r.UseOnce(ctx, "jti:retry", "d1", time.Minute)
+	if err != nil || !first {
+		t.Fatalf("UseOnce after a lost reply = %v, %v; want first", first, err)
+	}
+	if proxy.stalled.Load() != 1 {
+		t.Fatalf("the proxy stalled %d replies; the test did not lose one", proxy.stalled.Load())
+	}
+	if first, err := r.UseOnce(ctx, "jti:retry", "d2", time.Minute); err != nil || first {
+		t.Fatalf("another call with the same id = %v, %v; want a replay", first, err)
+	}
+}
+
+// stallingProxy forwards TCP to a Redis and, once, holds back the reply to
+// the first request that contains marker for stall.
+type stallingProxy struct {
+	addr    string
+	stalled atomic.Int32
+}
+
+func newStallingProxy(t *testing.T, upstream string, marker []byte, stall time.Duration) *stallingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	p := &stallingProxy{addr: ln.Addr().String()}
+	var armed atomic.Bool
+	armed.Store(true)
+	go func() {
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", upstream)
+			if err != nil {
+				_ = down.Close()
+				continue
+			}
+			var stallThis atomic.Bool
+			go func() { // client to Redis
+				defer func() { _ = up.Close() }()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := down.Read(buf)
+					if n > 0 {
+						if bytes.Contains(buf[:n], marker) && armed.CompareAndSwap(true, false) {
+							stallThis.Store(true)
+						}
+						if _, werr := up.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			go func() { // Redis to client
+				defer func() { _ = down.Close() }()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := up.Read(buf)
+					if n > 0 {
+						if stallThis.CompareAndSwap(true, false) {
+							p.stalled.Add(1)
+							time.Sleep(stall)
+						}
+						if _, werr := down.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
 }

@@ -351,6 +351,10 @@ type Approvals interface {
 
 // Nonces records single-use token ids.
 type Nonces interface {
-	// UseOnce records id until ttl passes; first is false if it was recorded before.
-	UseOnce(ctx context.Context, id string, ttl time.Duration) (first bool, err error)
+	// UseOnce records id for owner until ttl passes; first is false if
+	// another owner recorded it before. The same owner asking again is told
+	// first: a client that retries a write whose reply it lost (go-redis does,
+	// after a read timeout) must not see its own write as a replay. Owners
+	// are unique per call (the decision id), so no two calls share one.
+	UseOnce(ctx context.Context, id, owner string, ttl time.Duration) (first bool, err error)
 }
