@@ -33,6 +33,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/extauthz/runs"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
@@ -290,7 +291,7 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
 			{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: listRevocations},
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
-		}, extra...),
+		}, append(runs.Routes(a.store), extra...)...),
 	})
 	return serveHTTP(ctx, o, api, log, start, func() { a.audit.Close(); a.closeStore() })
 }
