@@ -80,7 +80,7 @@ func (g *governed) check(t *testing.T, run string) {
 }
 
 // governanceEndpoints are the read endpoints this work adds.
-var governanceEndpoints = []string{"/v1/runs", "/v1/runs/r1/timeline", "/v1/runs/r1/graph", "/v1/runs/r1/graph?format=dot"}
+var governanceEndpoints = []string{"/v1/runs", "/v1/runs/r1/timeline", "/v1/runs/r1/graph", "/v1/runs/r1/graph?format=dot", "/v1/evidence"}
 
 // TestGovernanceEndpointsNeedTheOperatorRole: on the served API, every new
 // endpoint refuses an anonymous caller (401) and a caller without the
@@ -160,5 +160,59 @@ func TestTimelineTableIsTerminalSafe(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "\n"); n != 3 || !strings.Contains(out.String(), `r\x1b[2J\u202e1`) {
 		t.Fatalf("table:\n%q", out.String())
+	}
+}
+
+// TestEvidenceCommands: `aisecops evidence` exports a served log (records
+// the Checks wrote) into one file that `aisecops evidence verify` accepts
+// (exit 0) with the log's key from $AISECOPS_HOME; one changed byte fails it
+// (exit 1) naming the line and record. GET /v1/evidence serves the same kind
+// of file.
+func TestEvidenceCommands(t *testing.T) {
+	g := startGoverned(t)
+	for range 3 {
+		g.check(t, "run-evidence")
+	}
+	out := filepath.Join(t.TempDir(), "evidence.jsonl")
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"evidence", "--audit", filepath.Join(g.home, "audit.jsonl"), "--out", out}, &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "evidence: 3 records from 1 files, the audit chain verified") {
+		t.Errorf("summary: %s", stderr.String())
+	}
+	verify := func(file string) error {
+		stdout.Reset()
+		return run(context.Background(), []string{"evidence", "verify", file, "--home", g.home}, &stdout, &stderr)
+	}
+	if err := verify(out); err != nil || !strings.Contains(stdout.String(), "OK: 3 records") {
+		t.Fatalf("verify: %v %s", err, stdout.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	at := len(lines[0]) + len(lines[1]) + strings.Index(lines[2], `"decision":"allow"`) + len(`"decision":"`)
+	b[at] = 'A' // "Allow"
+	bad := filepath.Join(t.TempDir(), "bad.jsonl")
+	if err := os.WriteFile(bad, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		DecisionID string `json:"decision_id"`
+	}
+	_ = json.Unmarshal([]byte(lines[2]), &rec)
+	if err := verify(bad); err == nil || !strings.Contains(err.Error(), "line 3 (record "+rec.DecisionID+")") {
+		t.Fatalf("a changed byte: %v", err)
+	}
+
+	status, body := g.get(t, "/v1/evidence", "ops-token")
+	served := filepath.Join(t.TempDir(), "served.jsonl")
+	if err := os.WriteFile(served, body, 0o600); status != 200 || err != nil {
+		t.Fatalf("GET /v1/evidence: %d %v", status, err)
+	}
+	if err := verify(served); err != nil || !strings.Contains(stdout.String(), "OK: 3 records") {
+		t.Fatalf("served evidence: %v %s", err, stdout.String())
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz"
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
+	"github.com/aisecops/aisecops-envoy/extauthz/evidence"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/extauthz/runs"
@@ -128,6 +130,7 @@ type authz struct {
 	ready      map[string]httpapi.ReadyFunc
 	warnings   map[string]string
 	inspector  *extauthz.EgressInspector
+	evidence   evidence.Source
 }
 
 // startAuthz builds the decision path, then serves it.
@@ -201,6 +204,9 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return nil, err
 	}
 	log.Info("audit log", "path", o.auditPath())
+	if a.evidence, err = evidenceSource(o.auditPath()); err != nil {
+		return nil, err
+	}
 	a.revs, err = revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
 	if err != nil {
 		return nil, err
@@ -243,6 +249,21 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		"store": ping,
 	}
 	return a, nil
+}
+
+// evidenceSource is the audit log GET /v1/evidence exports, with the log's
+// own keys: the chain key to verify it, the checkpoint key to sign the export.
+func evidenceSource(path string) (evidence.Source, error) {
+	chain, signing := audit.DefaultKeyFiles(path)
+	keys, err := audit.LoadVerifyKeys(chain, signing)
+	if err != nil {
+		return evidence.Source{}, err
+	}
+	signer, err := audit.LoadSigningKey(signing)
+	if err != nil {
+		return evidence.Source{}, err
+	}
+	return evidence.Source{Path: path, Keys: keys, Signer: signer}, nil
 }
 
 // loadSigner is the --signing-key, or else the development key in
@@ -291,7 +312,7 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
 			{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: listRevocations},
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
-		}, append(runs.Routes(a.store), extra...)...),
+		}, slices.Concat(runs.Routes(a.store), evidence.Routes(a.evidence), extra)...),
 	})
 	return serveHTTP(ctx, o, api, log, start, func() { a.audit.Close(); a.closeStore() })
 }
