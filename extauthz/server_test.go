@@ -664,3 +664,19 @@ func TestMCPApprovalSurvivesANewRequestID(t *testing.T) {
 		t.Fatal("the approval was used twice")
 	}
 }
+
+// TestDirectoryOnChange: a routes configuration of another version tells
+// OnChange both versions; the same version again tells nothing.
+func TestDirectoryOnChange(t *testing.T) {
+	e := newEnv(t)
+	f := e.cfgFile
+	d := extauthz.NewDirectory(f, "v1")
+	var got []string
+	d.OnChange(func(from, to string) { got = append(got, from+"→"+to) })
+	d.Set(f, "v1")
+	d.Set(f, "v2")
+	d.Set(f, "v2")
+	if !slices.Equal(got, []string{"v1→v2"}) {
+		t.Fatalf("changes %v", got)
+	}
+}

@@ -131,6 +131,7 @@ type authz struct {
 	warnings   map[string]string
 	inspector  *extauthz.EgressInspector
 	evidence   evidence.Source
+	events     *auditEvents
 }
 
 // startAuthz builds the decision path, then serves it.
@@ -207,6 +208,9 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	if a.evidence, err = evidenceSource(o.auditPath()); err != nil {
 		return nil, err
 	}
+	a.events = &auditEvents{sink: a.audit, redact: a.inspector.Redact, now: time.Now, log: log}
+	a.engine.OnChange(a.events.policyChanged)
+	a.dir.OnChange(a.events.routesChanged)
 	a.revs, err = revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
 	if err != nil {
 		return nil, err
@@ -304,9 +308,9 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 	if err := serveGRPC(ctx, "ext_authz gRPC", o.authzAddr, o.listen.grpcMaxConns, gs, log, start, hs.Shutdown); err != nil {
 		return err
 	}
-	listRevocations, revoke := a.revs.Handlers()
+	listRevocations, revoke := a.revs.Handlers(a.events.revocation)
 	api := httpapi.Handler(httpapi.Config{
-		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
+		Explainer: a.srv, Approvals: a.store, OnDecision: a.events.approval, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
 			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},               // authenticates agents itself
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
