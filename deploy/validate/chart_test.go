@@ -30,6 +30,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/aisecops/aisecops-envoy/xds/config"
 	"github.com/aisecops/aisecops-envoy/xds/envoyconfig"
 	"github.com/aisecops/aisecops-envoy/xds/translate"
@@ -547,15 +549,38 @@ func checkRoutes(r rendered, vals map[string]any) []error {
 	if cm == nil {
 		return []error{errors.New("routes ConfigMap missing")}
 	}
-	f, err := config.Parse("ConfigMap/"+cm.Name, []byte(cm.Data["routes.yaml"]))
+	raw := []byte(cm.Data["routes.yaml"])
+	var errs []error
+	if boolAt(vals, "tls", "enabled") {
+		var doc map[string]any
+		if err := yaml.Unmarshal(raw, &doc); err != nil {
+			return []error{err}
+		}
+		tls, _ := dig(doc, "authz", "tls").(map[string]any)
+		for _, k := range []string{"ca_file", "cert_file", "key_file"} {
+			if f, _ := tls[k].(string); !strings.HasPrefix(f, "/etc/envoy/tls/") {
+				errs = append(errs, fmt.Errorf("routes authz.tls.%s %q: want a file the egress Envoy mounts from its TLS Secret", k, f))
+			}
+		}
+		// authz.tls comes with the mTLS listeners; a parser from before them
+		// does not know the field. Judge the rest of the file without it.
+		if _, known := reflect.TypeOf(config.Authz{}).FieldByName("TLS"); !known {
+			delete(doc["authz"].(map[string]any), "tls")
+			b, err := yaml.Marshal(doc)
+			if err != nil {
+				return []error{err}
+			}
+			raw = b
+		}
+	}
+	f, err := config.Parse("ConfigMap/"+cm.Name, raw)
 	if err != nil {
-		return []error{err}
+		return append(errs, err)
 	}
 	res, err := translate.Translate(f, translate.Options{})
 	if err != nil {
 		return []error{fmt.Errorf("routes file does not translate: %w", err)}
 	}
-	var errs []error
 	n := 0
 	for _, m := range res.All() {
 		for _, h := range envoyconfig.HTTPConnectionManagers(m) {

@@ -48,13 +48,19 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 The routes file as rendered: the values' routes with authz.address defaulting
-to this release's headless authz Service.
+to this release's headless authz Service and, with tls.enabled, authz.tls
+naming the egress Envoy's client certificate (the routes file's authz.tls of
+the mTLS listeners work).
 */}}
 {{- define "aisecops.routes" -}}
 {{- $r := deepCopy .Values.routes -}}
 {{- $authz := default (dict) $r.authz -}}
 {{- if not $authz.address -}}
 {{- $_ := set $authz "address" (printf "%s:%s" (include "aisecops.authzHeadlessHost" .) (include "aisecops.port.grpc" .)) -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not $authz.tls) -}}
+{{- /* Envoy's client side of the mTLS call to authz: the files the egress Envoy mounts from tls.egressSecret. */ -}}
+{{- $_ := set $authz "tls" (dict "ca_file" "/etc/envoy/tls/ca.crt" "cert_file" "/etc/envoy/tls/tls.crt" "key_file" "/etc/envoy/tls/tls.key") -}}
 {{- end -}}
 {{- $_ := set $r "authz" $authz -}}
 {{- toYaml $r -}}
