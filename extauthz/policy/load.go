@@ -246,3 +246,11 @@ func validateEscalation(rules []EscalationRule) []error {
 	}
 	return errs
 }
+
+// Load compiles the bundle in fsys (*.rego and data.json at its root, tests
+// ignored) with the same restricted capabilities as a served one: a
+// candidate for a replay, which no Check is decided with.
+func Load(ctx context.Context, fsys fs.FS) (*Bundle, error) {
+	c, _, err := load(ctx, fsys)
+	return c, err
+}
