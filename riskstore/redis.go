@@ -102,8 +102,8 @@ type Redis struct {
 	cluster    *redis.ClusterClient // nil on a single node
 	nodeClient atomic.Pointer[redis.Client]
 	node       *node // single node: options, hooks, the reviving watcher (redis_revive.go)
-	prefix  string
-	now     func() time.Time
+	prefix     string
+	now        func() time.Time
 
 	// anonPrefix and anonSeq name steps committed without a request id, so that
 	// a go-redis retry of such a Commit (same arguments) still cannot debit twice.
