@@ -456,7 +456,7 @@ func (r *Redis) drainLog() {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, e := range batch {
 				k, sk, ak := r.logKey(e.run), r.sumKey(e.run), r.agentsKey(e.run.ID)
 				p.XAdd(ctx, &redis.XAddArgs{Stream: k, MaxLen: MaxLogSteps, Approx: true, Values: []any{"r", e.record}})
@@ -488,7 +488,7 @@ func (r *Redis) drainLog() {
 
 // Steps implements StepLog.
 func (r *Redis) Steps(ctx context.Context, run RunRef) ([][]byte, error) {
-	msgs, err := r.client.XRange(ctx, r.logKey(run), "-", "+").Result()
+	msgs, err := r.c().XRange(ctx, r.logKey(run), "-", "+").Result()
 	if err != nil {
 		return nil, err
 	}
@@ -523,12 +523,12 @@ func (r *Redis) ListRuns(ctx context.Context, q RunQuery) (RunPage, error) {
 	var page RunPage
 	scanned := 0
 	for {
-		zs, err := r.client.ZRevRangeByScoreWithScores(ctx, idx, &redis.ZRangeBy{Max: maxScore, Min: "-inf", Count: int64(batch)}).Result()
+		zs, err := r.c().ZRevRangeByScoreWithScores(ctx, idx, &redis.ZRangeBy{Max: maxScore, Min: "-inf", Count: int64(batch)}).Result()
 		if err != nil {
 			return RunPage{}, fmt.Errorf("riskstore: list runs: %w", err)
 		}
 		sums := make([]*redis.MapStringStringCmd, len(zs))
-		_, err = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err = r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, z := range zs {
 				m, _ := z.Member.(string)
 				if agentPrefix != "" && !strings.HasPrefix(m, agentPrefix) {
@@ -545,7 +545,7 @@ func (r *Redis) ListRuns(ctx context.Context, q RunQuery) (RunPage, error) {
 		var gone []any
 		forget := func() {
 			if len(gone) > 0 { // runs expired with their logs: best effort, a listing skips them anyway
-				_ = r.client.ZRem(ctx, idx, gone...).Err()
+				_ = r.c().ZRem(ctx, idx, gone...).Err()
 			}
 		}
 		done := func(next uint64) (RunPage, error) {
@@ -613,7 +613,7 @@ func (r *Redis) Run(ctx context.Context, run RunRef) (RunSummary, error) {
 	if !run.valid() {
 		return RunSummary{}, ErrNotFound
 	}
-	f, err := r.client.HGetAll(ctx, r.sumKey(run)).Result()
+	f, err := r.c().HGetAll(ctx, r.sumKey(run)).Result()
 	if err != nil {
 		return RunSummary{}, fmt.Errorf("riskstore: run summary: %w", err)
 	}
@@ -628,7 +628,7 @@ func (r *Redis) RunAgents(ctx context.Context, id string) ([]string, error) {
 	if id == "" || len(id) > MaxIDLen {
 		return nil, nil
 	}
-	out, err := r.client.SRandMemberN(ctx, r.agentsKey(id), MaxRunAgents).Result()
+	out, err := r.c().SRandMemberN(ctx, r.agentsKey(id), MaxRunAgents).Result()
 	if err != nil {
 		return nil, fmt.Errorf("riskstore: run agents: %w", err)
 	}

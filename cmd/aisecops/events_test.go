@@ -20,7 +20,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
-func readRecords(t *testing.T, path string) []audit.Record {
+func auditRecordsOf(t *testing.T, path string) []audit.Record {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -61,7 +61,7 @@ func TestAuditEventRecords(t *testing.T) {
 	if _, err := audit.VerifyFile(path); err != nil {
 		t.Fatalf("the events break the chain: %v", err)
 	}
-	recs := readRecords(t, path)
+	recs := auditRecordsOf(t, path)
 	if len(recs) != 3 {
 		t.Fatalf("%d records", len(recs))
 	}
@@ -135,7 +135,7 @@ func TestServeWritesEventRecords(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second) // the watchers poll every 2 s
 	for {
 		seen := map[string]audit.Record{}
-		for _, r := range readRecords(t, filepath.Join(home, "audit.jsonl")) {
+		for _, r := range auditRecordsOf(t, filepath.Join(home, "audit.jsonl")) {
 			seen[r.Event] = r
 		}
 		missing := ""

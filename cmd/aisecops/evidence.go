@@ -80,7 +80,7 @@ func runEvidence(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	files, err := audit.LogFiles(path)
+	files, err := audit.Files(path)
 	if err != nil {
 		return err
 	}

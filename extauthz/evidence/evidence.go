@@ -182,7 +182,7 @@ func (cv *coverage) result() Coverage {
 
 // Options configure an export.
 type Options struct {
-	// Files are the audit log's files, oldest first (audit.LogFiles).
+	// Files are the audit log's files, oldest first (audit.Files).
 	Files []string
 	// Keys verify the chain (its key) and its checkpoints.
 	Keys audit.VerifyKeys

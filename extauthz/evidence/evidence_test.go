@@ -101,7 +101,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := audit.LogFiles(path)
+	files, err := audit.Files(path)
 	if err != nil || len(files) != 2 {
 		t.Fatalf("files %v %v", files, err)
 	}

@@ -57,7 +57,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, http.StatusTooManyRequests, "busy", "an evidence export is already running; retry when it ends")
 		return
 	}
-	files, err := audit.LogFiles(h.src.Path)
+	files, err := audit.Files(h.src.Path)
 	if err != nil {
 		httpapi.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the audit log cannot be read")
 		return
