@@ -25,9 +25,10 @@ func TestDependencyDirection(t *testing.T) {
 		{func(p string) bool { return under(p, "riskstore") }, []string{"extauthz", "xds", "cmd", "integration"}},
 		{func(p string) bool { return under(p, "xds") }, []string{"extauthz", "riskstore", "cmd", "integration"}},
 		{func(p string) bool { return strings.HasPrefix(p, "extauthz/") }, []string{"cmd", "integration"}},
-		// httpapi and suite drive the Server from outside, as its callers.
+		// httpapi, suite and replay drive the Server from outside, as its
+		// callers.
 		{func(p string) bool {
-			return strings.HasPrefix(p, "extauthz/") && !under(p, "extauthz/httpapi") && !under(p, "extauthz/suite")
+			return strings.HasPrefix(p, "extauthz/") && !under(p, "extauthz/httpapi") && !under(p, "extauthz/suite") && !under(p, "extauthz/replay")
 		}, []string{"extauthz"}},
 		{func(p string) bool { return under(p, "extauthz/plan") }, []string{"extauthz/capability", "extauthz/policy", "extauthz/egress", "riskstore"}},
 		{func(p string) bool { return under(p, "extauthz/capability") }, []string{"extauthz/plan", "extauthz/policy", "extauthz/egress", "riskstore"}},

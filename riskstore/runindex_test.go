@@ -278,3 +278,23 @@ func TestRunIndexScanBudget(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkMemoryAppendStep: what the memory store's step log and run index
+// add to a Check (the Redis store's append is a channel send), with the index
+// full of runs so eviction and compaction are in the figure.
+func BenchmarkMemoryAppendStep(b *testing.B) {
+	m := NewMemory(time.Now)
+	rec := make([]byte, 600)
+	refs := make([]RunRef, 4096)
+	for i := range refs {
+		refs[i] = RunRef{Agent: "a", ID: fmt.Sprint(i)}
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		run := refs[i%len(refs)]
+		if i%3 == 0 {
+			run = RunRef{Agent: "b", ID: fmt.Sprint(i)} // a new run: the index grows to its bound, then evicts
+		}
+		m.AppendStep(run, StepMeta{TS: idxT0, Decision: "allow", Committed: true}, rec)
+	}
+}
