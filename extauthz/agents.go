@@ -13,8 +13,13 @@ import (
 // new one, and a Check takes one snapshot at its start, so it never sees half
 // an update.
 type Directory struct {
-	p atomic.Pointer[directory]
+	p        atomic.Pointer[directory]
+	onChange atomic.Pointer[func(from, to string)]
 }
+
+// OnChange sets f to be told of every configuration Set whose version
+// differs from the one it replaces (for the audit log).
+func (d *Directory) OnChange(f func(from, to string)) { d.onChange.Store(&f) }
 
 // directory is one immutable snapshot of the configuration.
 type directory struct {
@@ -50,7 +55,10 @@ func (d *Directory) Set(f *config.File, version string) {
 		}
 		nd.routes = config.NewRouteTable(f.Tools)
 	}
-	d.p.Store(nd)
+	old := d.p.Swap(nd)
+	if f := d.onChange.Load(); f != nil && old != nil && old.version != version {
+		(*f)(old.version, version)
+	}
 }
 
 func (d *Directory) current() *directory { return d.p.Load() }

@@ -82,7 +82,7 @@ type ApprovalStore interface {
 
 // StepAppender takes a run's timeline steps without blocking.
 type StepAppender interface {
-	AppendStep(run riskstore.RunRef, record []byte)
+	AppendStep(run riskstore.RunRef, meta riskstore.StepMeta, record []byte)
 }
 
 // NonceStore records single-use token ids.
@@ -280,7 +280,8 @@ func (s *Server) finish(ctx context.Context, o *outcome) {
 		o.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be audited"))
 	} else if s.cfg.StepLog != nil && o.who != nil && o.who.Run.ID != "" {
 		if b, err := json.Marshal(rec.Step()); err == nil {
-			s.cfg.StepLog.AppendStep(o.who.Run, b)
+			meta := riskstore.StepMeta{TS: rec.TS, Decision: rec.Decision, CumulativeRisk: rec.CumulativeRisk, Committed: rec.Committed}
+			s.cfg.StepLog.AppendStep(o.who.Run, meta, b)
 		}
 	}
 	s.observe(o)

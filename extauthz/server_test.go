@@ -676,6 +676,22 @@ func TestMCPApprovalSurvivesANewRequestID(t *testing.T) {
 	}
 }
 
+// TestDirectoryOnChange: a routes configuration of another version tells
+// OnChange both versions; the same version again tells nothing.
+func TestDirectoryOnChange(t *testing.T) {
+	e := newEnv(t)
+	f := e.cfgFile
+	d := extauthz.NewDirectory(f, "v1")
+	var got []string
+	d.OnChange(func(from, to string) { got = append(got, from+"→"+to) })
+	d.Set(f, "v1")
+	d.Set(f, "v2")
+	d.Set(f, "v2")
+	if !slices.Equal(got, []string{"v1→v2"}) {
+		t.Fatalf("changes %v", got)
+	}
+}
+
 // TestSingleUseTokenRacedOnce: one single-use token sent at once by 16
 // callers, on different runs and two replicas sharing the store, is allowed
 // exactly once (it is spent inside the commit, atomically with the step).

@@ -1096,9 +1096,9 @@ func TestStepLog(t *testing.T) {
 			}
 			run := RunRef{Agent: "a", ID: "r{1}"}
 			for i := range 5 {
-				log.AppendStep(run, []byte(strconv.Itoa(i)))
+				log.AppendStep(run, StepMeta{TS: time.Now(), Decision: "allow"}, []byte(strconv.Itoa(i)))
 			}
-			log.AppendStep(RunRef{Agent: "b", ID: "r{1}"}, []byte("other agent"))
+			log.AppendStep(RunRef{Agent: "b", ID: "r{1}"}, StepMeta{TS: time.Now(), Decision: "deny"}, []byte("other agent"))
 			var got [][]byte
 			deadline := time.Now().Add(5 * time.Second)
 			for time.Now().Before(deadline) { // Redis appends in the background

@@ -37,6 +37,8 @@ commands:
   replay   decide recorded Checks again under a candidate bundle: replay --audit FILE --policies DIR [--config FILE] [--json]
   test     run execution-plan suites through the Check pipeline: test [SUITE.yaml…] (none: the shipped threat suite)
   simulate where approval, halt and each budget fall per agent: simulate chain [--config FILE]
+  evidence one signed evidence file of an audit log: evidence --audit FILE [--from T] [--to T] --out FILE | evidence verify FILE
+  runs     a running server's runs: runs show RUN_ID [--agent A] | runs list [--agent A] [--decision D]
   api-token  a bearer token for the HTTP API: api-token --name N --roles operator,approver
   dev-certs  a development CA and TLS certificates for every listener: dev-certs --out DIR [--hosts h1,h2]
 
@@ -63,6 +65,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runPolicy(ctx, rest, stdout, stderr)
 	case "api-token":
 		return runAPIToken(rest, stdout, stderr)
+	case "runs":
+		return runRuns(rest, stdout, stderr)
+	case "evidence":
+		return runEvidence(rest, stdout, stderr)
 	case "audit":
 		if len(rest) > 0 && rest[0] == "permissions" {
 			return runAuditPermissions(ctx, rest[1:], stdout, stderr)

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,8 +33,10 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz"
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
+	"github.com/aisecops/aisecops-envoy/extauthz/evidence"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
+	"github.com/aisecops/aisecops-envoy/extauthz/runs"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
 
@@ -130,6 +133,8 @@ type authz struct {
 	ready      map[string]httpapi.ReadyFunc
 	warnings   map[string]string
 	inspector  *extauthz.EgressInspector
+	evidence   evidence.Source
+	events     *auditEvents
 }
 
 // startAuthz builds the decision path, then serves it.
@@ -207,6 +212,12 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return nil, err
 	}
 	log.Info("audit seal keys", "dir", o.sealKeysDir(), "active", a.sealer.ActiveKeyID())
+	if a.evidence, err = evidenceSource(o.auditPath()); err != nil {
+		return nil, err
+	}
+	a.events = &auditEvents{sink: a.audit, redact: a.inspector.Redact, now: time.Now, log: log}
+	a.engine.OnChange(a.events.policyChanged)
+	a.dir.OnChange(a.events.routesChanged)
 	a.revs, err = revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
 	if err != nil {
 		return nil, err
@@ -251,6 +262,21 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	return a, nil
 }
 
+// evidenceSource is the audit log GET /v1/evidence exports, with the log's
+// own keys: the chain key to verify it, the checkpoint key to sign the export.
+func evidenceSource(path string) (evidence.Source, error) {
+	chain, signing := audit.DefaultKeyFiles(path)
+	keys, err := audit.LoadVerifyKeys(chain, signing)
+	if err != nil {
+		return evidence.Source{}, err
+	}
+	signer, err := audit.LoadSigningKey(signing)
+	if err != nil {
+		return evidence.Source{}, err
+	}
+	return evidence.Source{Path: path, Keys: keys, Signer: signer}, nil
+}
+
 // loadSigner is the --signing-key, or else the development key in
 // $AISECOPS_HOME (created on first use, and said so).
 func loadSigner(o *options, log *slog.Logger) (capability.Signer, error) {
@@ -289,9 +315,9 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 	if err := serveGRPC(ctx, "ext_authz gRPC", o.authzAddr, o.listen.grpcMaxConns, gs, log, start, hs.Shutdown); err != nil {
 		return err
 	}
-	listRevocations, revoke := a.revs.Handlers()
+	listRevocations, revoke := a.revs.Handlers(a.events.revocation)
 	api := httpapi.Handler(httpapi.Config{
-		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
+		Explainer: a.srv, Approvals: a.store, OnDecision: a.events.approval, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
 			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},               // authenticates agents itself
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
@@ -310,7 +336,7 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 					return extauthz.NewDirectory(f, contentVersion(raw)), nil
 				},
 			})},
-		}, extra...),
+		}, slices.Concat(runs.Routes(a.store), evidence.Routes(a.evidence), extra)...),
 	})
 	return serveHTTP(ctx, o, api, log, start, func() { a.audit.Close(); a.closeStore() })
 }

@@ -61,8 +61,13 @@ type Config struct {
 	Warnings map[string]string
 	// Auth authenticates callers; nil refuses every endpoint that needs a role.
 	Auth *Auth
-	// OnDecision, when set, is told of every approval decided (for the audit log).
-	OnDecision func(ctx context.Context, a riskstore.Approval, by Caller)
+	// OnDecision, when set, records every approval decision (in the audit
+	// log) before the store changes: a the approval as decided, outcome
+	// OutcomeDecided. An error refuses the decision, so no approval takes
+	// effect unrecorded. Should the store then refuse the change (another
+	// approver was first, or it is down), OnDecision is called again with
+	// OutcomeNotApplied, so the record does not stand alone.
+	OnDecision func(ctx context.Context, a riskstore.Approval, by Caller, outcome string) error
 	Logger     *slog.Logger
 	Clock      func() time.Time
 	Routes     []Route
@@ -183,8 +188,15 @@ func (a *api) getApproval(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// Outcomes given to Config.OnDecision.
+const (
+	OutcomeDecided    = "decided"
+	OutcomeNotApplied = "not_applied"
+)
+
 // decide approves or rejects. Who decided is the authenticated caller, never
-// something the body says; why is the body's.
+// something the body says; why is the body's. With OnDecision the decision
+// is recorded first (write-ahead) and refused if it cannot be.
 func (a *api) decide(approve bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var in struct {
@@ -197,7 +209,38 @@ func (a *api) decide(approve bool) http.HandlerFunc {
 			return
 		}
 		by, _ := CallerFrom(r.Context())
-		ap, err := a.cfg.Approvals.DecideApproval(r.Context(), r.PathValue("id"), approve, by.Name, in.Why, a.cfg.Clock())
+		id, now := r.PathValue("id"), a.cfg.Clock()
+		var intended riskstore.Approval
+		if a.cfg.OnDecision != nil {
+			cur, err := a.cfg.Approvals.GetApproval(r.Context(), id)
+			switch {
+			case errors.Is(err, riskstore.ErrNotFound):
+				writeError(w, http.StatusNotFound, "not_found", "no such approval")
+				return
+			case err != nil:
+				writeError(w, http.StatusServiceUnavailable, "unavailable", "approval store unavailable")
+				return
+			case cur.Status != riskstore.ApprovalPending:
+				writeJSON(w, http.StatusConflict, map[string]any{"error": Error{Code: "conflict", Message: "approval is not pending"}, "approval": cur})
+				return
+			}
+			intended = cur
+			intended.Status, intended.DecidedAt, intended.DecidedBy, intended.Why = riskstore.ApprovalRejected, now, by.Name, in.Why
+			if approve {
+				intended.Status = riskstore.ApprovalApproved
+			}
+			if err := a.cfg.OnDecision(r.Context(), intended, by, OutcomeDecided); err != nil {
+				a.cfg.Logger.Error("approval decision could not be audited; refused", "approval_id", id, "err", err)
+				writeError(w, http.StatusServiceUnavailable, "audit_write_failed", "the decision could not be audited, so it was not made")
+				return
+			}
+		}
+		ap, err := a.cfg.Approvals.DecideApproval(r.Context(), id, approve, by.Name, in.Why, now)
+		if err != nil && a.cfg.OnDecision != nil {
+			if aerr := a.cfg.OnDecision(r.Context(), intended, by, OutcomeNotApplied); aerr != nil {
+				a.cfg.Logger.Error("an approval decision the store refused could not be audited as not applied", "approval_id", id, "err", aerr)
+			}
+		}
 		switch {
 		case errors.Is(err, riskstore.ErrNotFound):
 			writeError(w, http.StatusNotFound, "not_found", "no such approval")
@@ -207,9 +250,6 @@ func (a *api) decide(approve bool) http.HandlerFunc {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "approval store unavailable")
 		default:
 			a.cfg.Logger.Info("approval decided", "approval_id", ap.ID, "status", ap.Status, "by", ap.DecidedBy)
-			if a.cfg.OnDecision != nil {
-				a.cfg.OnDecision(r.Context(), ap, by)
-			}
 			writeJSON(w, http.StatusOK, ap)
 		}
 	}

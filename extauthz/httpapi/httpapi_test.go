@@ -7,9 +7,11 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +198,65 @@ func TestApproverIsTheCaller(t *testing.T) {
 	ap, _ := store.GetApproval(context.Background(), "apr_2")
 	if ap.DecidedBy != "alice" || ap.Why != "known contact" {
 		t.Fatalf("approval %+v", ap)
+	}
+}
+
+// TestApprovalDecisionIsRecordedFirst: with OnDecision (the audit log) the
+// decision is recorded before the store changes; a failed record refuses it
+// (503, the approval stays pending: no unaudited approval); a decision the
+// store then refuses (another approver was first) is recorded as not applied.
+func TestApprovalDecisionIsRecordedFirst(t *testing.T) {
+	store := riskstore.NewMemory(func() time.Time { return t0 })
+	st, err := NewStaticTokens([]Credential{{Name: "alice", TokenSHA256: TokenSHA256("approver"), Roles: []string{RoleApprover}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type event struct{ id, status, by, why, outcome string }
+	var events []event
+	fail, race := false, false
+	h := Handler(Config{Approvals: store, Clock: func() time.Time { return t0 }, Auth: &Auth{Authenticators: []Authenticator{st}},
+		OnDecision: func(ctx context.Context, a riskstore.Approval, by Caller, outcome string) error {
+			cur, _ := store.GetApproval(ctx, a.ID)
+			if outcome == OutcomeDecided && cur.Status != riskstore.ApprovalPending {
+				t.Errorf("recorded after the store changed: %+v", cur)
+			}
+			events = append(events, event{a.ID, a.Status, by.Name, a.Why, outcome})
+			if race && outcome == OutcomeDecided {
+				_, _ = store.DecideApproval(ctx, a.ID, false, "bob", "first", t0)
+			}
+			if fail {
+				return errors.New("disk full")
+			}
+			return nil
+		}})
+	for _, id := range []string{"apr_ok", "apr_fail", "apr_race"} {
+		if err := store.CreateApproval(context.Background(), riskstore.Approval{ID: id, RunID: "r", AgentID: "a", Tool: "db.write", Binding: "b"}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := call(h, "POST", "/v1/approvals/apr_ok/approve", "approver", `{"why":"known contact"}`); w.Code != 200 {
+		t.Fatalf("approve: %d %s", w.Code, w.Body)
+	}
+	fail = true
+	w := call(h, "POST", "/v1/approvals/apr_fail/approve", "approver", `{"why":"x"}`)
+	wantError(t, w, http.StatusServiceUnavailable, "audit_write_failed")
+	if ap, _ := store.GetApproval(context.Background(), "apr_fail"); ap.Status != riskstore.ApprovalPending {
+		t.Fatalf("an approval whose record failed took effect: %+v", ap)
+	}
+	fail, race = false, true
+	if w := call(h, "POST", "/v1/approvals/apr_race/approve", "approver", `{"why":"late"}`); w.Code != http.StatusConflict {
+		t.Fatalf("raced: %d %s", w.Code, w.Body)
+	}
+	if w := call(h, "POST", "/v1/approvals/apr_ok/reject", "approver", `{"why":"again"}`); w.Code != http.StatusConflict {
+		t.Fatalf("decided twice: %d", w.Code)
+	}
+	want := []event{
+		{"apr_ok", "approved", "alice", "known contact", OutcomeDecided},
+		{"apr_fail", "approved", "alice", "x", OutcomeDecided},
+		{"apr_race", "approved", "alice", "late", OutcomeDecided},
+		{"apr_race", "approved", "alice", "late", OutcomeNotApplied},
+	}
+	if !slices.Equal(events, want) {
+		t.Fatalf("recorded %+v\nwant %+v", events, want)
 	}
 }

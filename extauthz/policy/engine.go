@@ -61,7 +61,14 @@ type Engine struct {
 
 	reloads *prometheus.CounterVec
 	info    *prometheus.GaugeVec
+
+	onChange atomic.Pointer[func(from, to *Bundle)]
 }
+
+// OnChange sets f to be told of every new bundle that takes the place of
+// another of different content (for the audit log). f runs on the reloading
+// goroutine, after the swap, one reload at a time.
+func (e *Engine) OnChange(f func(from, to *Bundle)) { e.onChange.Store(&f) }
 
 // New loads and compiles the bundle. If that fails it still returns a usable
 // *Engine, not Ready, whose every Eval denies with policy_not_ready, together
@@ -131,6 +138,9 @@ func (e *Engine) reloadLocked(ctx context.Context) error {
 	}
 	e.info.WithLabelValues(c.version).Set(1)
 	e.log.Info("policy bundle loaded", "source", e.source, "version", c.version, "hash", c.hash, "took", time.Since(start))
+	if f := e.onChange.Load(); f != nil && old != nil && old.hash != c.hash {
+		(*f)(old, c)
+	}
 	return nil
 }
 

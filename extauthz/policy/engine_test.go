@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -613,5 +614,33 @@ func TestEmbeddedFilesNotModifiedByTests(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join("..", "..", "policies", "data.json")); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestOnChange: a reload that swaps in a bundle of other content tells
+// OnChange the bundle it replaced and the new one; a failed reload, or one
+// of the same content, tells nothing.
+func TestOnChange(t *testing.T) {
+	t.Parallel()
+	dir := writeBundle(t, map[string]string{
+		"authz.rego": "package aisecops.authz\n\n" + allowAll,
+		"data.json":  `{"aisecops": {"policy_version": "a"}}`,
+	})
+	e, err := New(context.Background(), Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	e.OnChange(func(from, to *Bundle) { got = append(got, from.Version()+"→"+to.Version()) })
+	if err := e.Reload(context.Background()); err != nil || len(got) != 0 {
+		t.Fatalf("same content: %v %v", got, err)
+	}
+	writeFiles(t, dir, map[string]string{"authz.rego": "package aisecops.authz\n\nresult := {\n"})
+	if err := e.Reload(context.Background()); err == nil || len(got) != 0 {
+		t.Fatalf("bad bundle: %v %v", got, err)
+	}
+	writeFiles(t, dir, map[string]string{"authz.rego": "package aisecops.authz\n\n" + allowAll, "data.json": `{"aisecops": {"policy_version": "b"}}`})
+	if err := e.Reload(context.Background()); err != nil || !slices.Equal(got, []string{"a→b"}) {
+		t.Fatalf("new bundle: %v %v", got, err)
 	}
 }

@@ -1,6 +1,8 @@
 package revocation
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -292,7 +294,7 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list, revoke := s.Handlers()
+	list, revoke := s.Handlers(nil)
 	h := httpapi.Handler(httpapi.Config{Auth: &httpapi.Auth{Authenticators: []httpapi.Authenticator{static}}, Routes: []httpapi.Route{
 		{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: list},
 		{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
@@ -322,7 +324,8 @@ func TestHandler(t *testing.T) {
 		{"revoke as an operator", http.MethodPost, "ops-secret", `{"jti":"j9"}`, http.StatusForbidden},
 		{"both", http.MethodPost, "admin-secret", `{"jti":"j9","agent_id":"a"}`, http.StatusBadRequest},
 		{"neither", http.MethodPost, "admin-secret", `{}`, http.StatusBadRequest},
-		{"unknown field", http.MethodPost, "admin-secret", `{"jti":"j9","why":"x"}`, http.StatusBadRequest},
+		{"unknown field", http.MethodPost, "admin-secret", `{"jti":"j9","reason":"x"}`, http.StatusBadRequest},
+		{"why too long", http.MethodPost, "admin-secret", `{"jti":"j9","why":"` + strings.Repeat("w", 1025) + `"}`, http.StatusBadRequest},
 		{"case variant", http.MethodPost, "admin-secret", `{"JTI":"j9"}`, http.StatusBadRequest},
 		{"duplicate key", http.MethodPost, "admin-secret", `{"jti":"j9","jti":"j8"}`, http.StatusBadRequest},
 		{"before with jti", http.MethodPost, "admin-secret", `{"jti":"j9","before":"2026-03-02T16:00:00Z"}`, http.StatusBadRequest},
@@ -366,5 +369,48 @@ func BenchmarkCheck(b *testing.B) {
 		if err := s.Check(c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestRevocationIsRecorded: a revocation through the API is handed to
+// OnRevoke with who made it (the caller, never the body) and why; when it
+// cannot be recorded the answer says so (503) and the revocation stays in
+// effect, since refusing it would leave the token working.
+func TestRevocationIsRecorded(t *testing.T) {
+	t.Parallel()
+	s := newSet(t, newClock(t0), "")
+	static, err := httpapi.NewStaticTokens([]httpapi.Credential{{Name: "root", TokenSHA256: httpapi.TokenSHA256("admin-secret"), Roles: []string{httpapi.RoleAdmin}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Revoked
+	fail := false
+	_, revoke := s.Handlers(func(_ context.Context, r Revoked) error {
+		got = append(got, r)
+		if fail {
+			return errors.New("disk full")
+		}
+		return nil
+	})
+	h := httpapi.Handler(httpapi.Config{Auth: &httpapi.Auth{Authenticators: []httpapi.Authenticator{static}}, Routes: []httpapi.Route{
+		{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke}}})
+	post := func(body string) int {
+		r := httptest.NewRequest(http.MethodPost, "/v1/revocations", strings.NewReader(body))
+		r.Header.Set("Authorization", "Bearer admin-secret")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if c := post(`{"jti":"j1","why":"leaked in a log"}`); c != http.StatusCreated {
+		t.Fatalf("revoke: %d", c)
+	}
+	fail = true
+	if c := post(`{"agent_id":"agent-a"}`); c != http.StatusServiceUnavailable {
+		t.Fatalf("unrecorded revocation: %d, want 503", c)
+	}
+	wantRevoked(t, s, claims("jx", "agent-a", t0.Add(-time.Minute)), true)
+	if len(got) != 2 || got[0].JTI == nil || got[0].JTI.JTI != "j1" || got[0].By != "root" || got[0].Why != "leaked in a log" ||
+		got[1].Agent == nil || got[1].Agent.AgentID != "agent-a" {
+		t.Fatalf("recorded %+v", got)
 	}
 }
