@@ -32,6 +32,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
+	"github.com/aisecops/aisecops-envoy/extauthz/httpapi/dashboard"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/xds/config"
 )
@@ -283,6 +284,11 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 		return err
 	}
 	listRevocations, revoke := a.revs.Handlers()
+	dash, err := newDashboard(ctx, o, a, auth, log, start)
+	if err != nil {
+		return err
+	}
+	extra = append(extra, dash.Routes()...)
 	api := httpapi.Handler(httpapi.Config{
 		Explainer: a.srv, Approvals: a.store, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
@@ -292,7 +298,8 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
 		}, extra...),
 	})
-	return serveHTTP(ctx, o, api, log, start, func() { a.audit.Close(); a.closeStore() })
+	dash.SetAPI(api)
+	return serveHTTP(ctx, o, dashboard.Secure(api), log, start, func() { a.audit.Close(); a.closeStore() })
 }
 
 // serveGRPC listens on addr (at most maxConns connections at once) and serves
