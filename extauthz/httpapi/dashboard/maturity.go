@@ -36,11 +36,11 @@ type SuiteFacts struct {
 
 // AgentFacts is one configured agent.
 type AgentFacts struct {
-	ID            string
-	AllowedTools  int
-	Approval      float64
-	Halt          float64
-	HasBudgets    bool
+	ID           string
+	AllowedTools int
+	Approval     float64
+	Halt         float64
+	HasBudgets   bool
 }
 
 // Criterion is one line of the section 12 rubric, judged.
@@ -82,9 +82,9 @@ var levelNames = []string{"Unmanaged", "Prompt-Controlled", "Tool-Level Enforcem
 // windowFacts are the audit-record facts an evaluation uses.
 type windowFacts struct {
 	checks, runs, allowed, allowedJTI, withAgentTool, scored, approvalsDecided int
-	injection, provenance                                                     int
-	enforcedPct, tracedPct                                                    float64
-	controls                                                                  map[string]int
+	injection, provenance                                                      int
+	enforcedPct, tracedPct                                                     float64
+	controls                                                                   map[string]int
 }
 
 func (x *Index) facts(from, to time.Time, approvalsDecided int) windowFacts {
