@@ -155,3 +155,5 @@ func declare(m Maturity, policy, routes string) Declaration {
 		LastEvaluation: m.EvaluatedAt, EvidenceFrom: m.From, EvidenceTo: m.To, KnownGaps: m.Gaps,
 		PolicyVersion: policy, RoutesVersion: routes}
 }
+
+func decodeB64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -46,6 +48,7 @@ type IndexOptions struct {
 	// MaxInitialRead is how much of an existing file is read at start, from
 	// its end (default 256 MiB).
 	MaxInitialRead int64
+	Clock          func() time.Time // for the retention (default time.Now)
 }
 
 func (o IndexOptions) withDefaults() IndexOptions {
@@ -57,6 +60,9 @@ func (o IndexOptions) withDefaults() IndexOptions {
 	}
 	if o.MaxInitialRead <= 0 {
 		o.MaxInitialRead = 256 << 20
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
 	}
 	return o
 }
@@ -231,7 +237,7 @@ func (x *Index) Refresh() error {
 		}
 		x.add(bytes.TrimSpace(b))
 	}
-	x.trim(time.Now())
+	x.trim(x.opts.Clock())
 	return nil
 }
 
@@ -335,7 +341,15 @@ func (x *Index) add(b []byte) {
 		}
 		x.requested[l.ApprovalID] = ts
 	}
-	x.events = append(x.events, e)
+	// Keep events in time order (concurrent Checks may reach the log a
+	// little out of order), so a window is one binary search away.
+	n := len(x.events)
+	if n == 0 || x.events[n-1].ts <= e.ts {
+		x.events = append(x.events, e)
+		return
+	}
+	i := sort.Search(n, func(i int) bool { return x.events[i].ts > e.ts })
+	x.events = slices.Insert(x.events, i, e)
 }
 
 // maxPendingTracked bounds the approvals waiting for their decision record.
