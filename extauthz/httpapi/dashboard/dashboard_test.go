@@ -325,7 +325,9 @@ func TestStateChangeNeedsCSRF(t *testing.T) {
 		t.Fatalf("CSRF tokens %q %q: want distinct per session", csrf, other)
 	}
 	jar := []*http.Cookie{sess}
-	form := func(tok string) string { return url.Values{csrfField: {tok}, "from": {"2026-03-01T00:00:00Z"}}.Encode() }
+	form := func(tok string) string {
+		return url.Values{csrfField: {tok}, "from": {"2026-03-01T00:00:00Z"}}.Encode()
+	}
 	changes := []struct {
 		name string
 		r    func(tok string) req
@@ -453,7 +455,9 @@ func TestCookieAttributes(t *testing.T) {
 // absolute lifetime however busy; the store holds at most Max sessions.
 func TestSessionExpiry(t *testing.T) {
 	w := newWorld(t, SessionOptions{Idle: 10 * time.Minute, Absolute: time.Hour, Max: 3})
-	alive := func(c *http.Cookie) bool { return w.do(req{path: "/v1/overview", cookies: []*http.Cookie{c}}).Code == http.StatusOK }
+	alive := func(c *http.Cookie) bool {
+		return w.do(req{path: "/v1/overview", cookies: []*http.Cookie{c}}).Code == http.StatusOK
+	}
 
 	idle, _ := w.signIn(t, "ops-token", false)
 	w.clock.Add(9 * time.Minute)
