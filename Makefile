@@ -11,8 +11,11 @@ run: ## start `aisecops all` on the embedded default
 build:
 	$(GO) build -o bin/aisecops ./cmd/aisecops
 
+# deploy/validate checks the deployment files with Helm, Kubernetes and mesh
+# packages; it is a module of its own so the product never depends on them.
 test: ## the whole suite, with the race detector (what CI runs)
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd deploy/validate && $(GO) test -race -count=1 -timeout 10m ./...
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -24,6 +27,7 @@ vet:
 # dependency change the code made.
 tidy:
 	$(GO) mod tidy -diff
+	cd deploy/validate && $(GO) mod tidy -diff
 
 # staticcheck is a tool dependency in go.mod, so its version is pinned with the rest.
 lint:

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -471,5 +472,32 @@ func TestChecksCatchBrokenFiles(t *testing.T) {
 	}
 	if _, err := docs([]byte("a: [1\n---\nb: 2\n")); err == nil {
 		t.Error("unparsable YAML not caught")
+	}
+}
+
+// TestBinaryCarriesNoDeployDependencies: the libraries deploy/validate checks
+// the deployment files with (Helm, client-go, the mesh APIs) live in that
+// module only; none may reach the product's binary.
+func TestBinaryCarriesNoDeployDependencies(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command("go", "list", "-deps", "../cmd/aisecops").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	banned := []string{"helm.sh/", "k8s.io/", "istio.io/", "sigs.k8s.io/gateway-api", "github.com/envoyproxy/gateway/",
+		"github.com/prometheus-operator/", "github.com/prometheus/prometheus/", "github.com/aisecops/aisecops-envoy/deploy"}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, b := range banned {
+			if strings.HasPrefix(pkg, b) {
+				t.Errorf("the binary depends on %s", pkg)
+			}
+		}
+	}
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mod), "deploy/validate") {
+		t.Error("go.mod names deploy/validate: the product must not depend on it")
 	}
 }

@@ -46,6 +46,7 @@ func TestScenario35ContractTermsToChat(t *testing.T) {
 	if len(rec.EgressFindings) == 0 {
 		t.Fatal("findings not in the audit line")
 	}
+	e.assertReplays(t, 3)
 }
 
 // TestScenario33MemoryPoisoning: a poisoned memory entry from an untrusted
@@ -70,6 +71,7 @@ func TestScenario33MemoryPoisoning(t *testing.T) {
 	if res := e.check(t, r); !res.allowed {
 		t.Fatalf("vendor endpoint denied: %v", reasonCodes(res.body))
 	}
+	e.assertReplays(t, 2)
 }
 
 // TestScenario31AtModelCall: the injected instruction is caught at the model
@@ -110,6 +112,7 @@ func TestScenario31AtModelCall(t *testing.T) {
 	if slices.Contains(res.removed, "authorization") || !slices.Contains(res.removed, "x-aisecops-token") {
 		t.Errorf("removed %v: the provider key must pass, our token must not", res.removed)
 	}
+	e.assertReplays(t, 2)
 }
 
 // TestIPLiteralHostsDenied: every spelling of an internal address as the

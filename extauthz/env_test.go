@@ -135,6 +135,8 @@ type env struct {
 	verifier *capability.Verifier
 	srv      *extauthz.Server
 	cfgFile  *config.File
+	sealer   *audit.Sealer
+	engine   *policy.Engine
 }
 
 type envOption func(*extauthz.Config)
@@ -217,6 +219,10 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { alog.Close() })
+	e.engine = engine
+	if e.sealer, err = audit.NewSealer(filepath.Join(dir, audit.SealKeysName)); err != nil {
+		t.Fatal(err)
+	}
 	inspector, err := extauthz.NewEgressInspector([]byte("test-finding-hmac-key-32-bytes!!"))
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +230,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	cfg := extauthz.Config{
 		Inspector: inspector,
 		Directory: extauthz.NewDirectory(f, "test"), Store: e.store, Approvals: e.store, Nonces: e.store, StepLog: e.store.(extauthz.StepAppender),
-		Verifier: verifier, Policy: engine, Audit: alog, Registerer: e.reg, Clock: e.clock,
+		Verifier: verifier, Policy: engine, Audit: alog, Registerer: e.reg, Clock: e.clock, Sealer: e.sealer,
 	}
 	for _, o := range opts {
 		o(&cfg)

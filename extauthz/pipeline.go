@@ -89,6 +89,7 @@ func (o *outcome) fail(err *reason.Error) {
 		Reasons:  []policy.Reason{{Code: string(err.Code), Message: err.Message, ControlID: reason.ControlID(err.Code)}},
 		Status:   reason.HTTPStatus(err.Code),
 		Input:    o.verdict.Input,
+		Policy:   o.verdict.Policy,
 	}
 }
 

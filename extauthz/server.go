@@ -112,6 +112,9 @@ type Config struct {
 	Inspector   Inspector   // nil: no egress inspection
 	Revocations Revocations // nil: nothing is revoked
 	Audit       audit.Sink
+	// Sealer, when set, makes every record replayable: the policy input goes
+	// into the record with the call's arguments sealed (audit.Record.Input).
+	Sealer Sealer
 	// StepLog, when set, receives every audited Check's timeline step (the
 	// store's shared per-run log, so runs read back whole across replicas).
 	StepLog StepAppender
@@ -257,9 +260,11 @@ func (s *Server) begin() *outcome {
 // finish writes the audit record (a failure turns the decision into a deny),
 // then observes the outcome.
 func (s *Server) finish(ctx context.Context, o *outcome) {
-	rec := o.record(s.cfg.Clock().Sub(o.start))
-	if in := s.cfg.Inspector; in != nil {
-		redactRecord(rec, in.Redact)
+	rec := s.auditRecord(o)
+	if err := sealInput(rec, &o.verdict, s.cfg.Sealer, s.redactor()); err != nil {
+		s.log.Error("sealing the policy input failed; denying", "decision_id", o.id, "err", err)
+		o.fail(reason.Wrap(reason.AuditFailed, err, "the decision could not be recorded for replay"))
+		rec = s.auditRecord(o)
 	}
 	if err := s.cfg.Audit.Write(rec); err != nil {
 		s.metrics.auditFailures.Inc()
@@ -274,6 +279,23 @@ func (s *Server) finish(ctx context.Context, o *outcome) {
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.logDecision(ctx, o)
 	}
+}
+
+// auditRecord is o's audit record with agent-written strings redacted.
+func (s *Server) auditRecord(o *outcome) *audit.Record {
+	rec := o.record(s.cfg.Clock().Sub(o.start))
+	if redact := s.redactor(); redact != nil {
+		redactRecord(rec, redact)
+	}
+	return rec
+}
+
+// redactor is the Inspector's Redact, or nil without one.
+func (s *Server) redactor() func(string) string {
+	if in := s.cfg.Inspector; in != nil {
+		return in.Redact
+	}
+	return nil
 }
 
 // logDecision is the per-Check debug line: codes, counts and hashes only.

@@ -196,6 +196,8 @@ func testWorkedExample(t *testing.T, store envOption) {
 		t.Fatal("an approval was used twice")
 	}
 	_ = last
+	// Every decision of the run, the approval's included, replays exactly.
+	e.assertReplays(t, 7)
 }
 
 func TestBudgetExhaustedIs429(t *testing.T) { forEachStore(t, testBudgetExhaustedIs429) }
@@ -280,6 +282,7 @@ func testScenario31PromptInjection(t *testing.T, store envOption) {
 	if len(rec.ContextProvenance) != 1 || rec.ContextProvenance[0].TrustLevel != "unverified" || !slices.Contains(rec.ControlIDs, "AIS-CTX-01") {
 		t.Errorf("audit lacks provenance or control: %+v", rec)
 	}
+	e.assertReplays(t, 1)
 }
 
 // TestScenario32ToolAbuse: a read followed by shell.exec (AISecOps v1.0, scenario 3.2).
@@ -307,6 +310,7 @@ func testScenario32ToolAbuse(t *testing.T, store envOption) {
 	if slices.Contains(reasonCodes(res.body), "exec_after_sensitive_read") {
 		t.Fatalf("exec in a clean run flagged: %v", reasonCodes(res.body))
 	}
+	e.assertReplays(t, 3) // the token mismatch is decided before the policy
 }
 
 // TestScenario34ChainEscalation: thousands of sends in one run (AISecOps v1.0, scenario 3.4).
@@ -343,6 +347,7 @@ func testScenario34ChainEscalation(t *testing.T, store envOption) {
 		t.Errorf("committed risk %v passed the halt threshold", st.RiskTotal)
 	}
 	t.Logf("%d sends: %v; run stopped at send %d with R_total %.2f", attempts, decisions, firstStop+1, st.RiskTotal)
+	e.assertReplays(t, attempts)
 }
 
 func reasonCodes(b extauthz.Body) []string {

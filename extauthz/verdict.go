@@ -22,6 +22,10 @@ type Verdict struct {
 	// Input is the policy input the decision was taken on (nil when a stage
 	// before the policy denied).
 	Input *policy.Input
+	// Policy is what the policy decided on Input (a failed evaluation is a
+	// deny with the failure's code), kept when a later stage changed the
+	// Check's decision: it is what a replay of the record reproduces.
+	Policy *policy.Decision
 	// ApprovalID is the approval this Check requested (require_approval).
 	ApprovalID string
 }
@@ -97,7 +101,9 @@ func policyInput(now time.Time, p *plan.Plan, who *Principal, f Findings, rv Run
 func evaluate(ctx context.Context, b *policy.Bundle, in *policy.Input) (Verdict, *reason.Error) {
 	d, err := b.Eval(ctx, in)
 	if err != nil {
-		return Verdict{Input: in}, asReason(err, reason.PolicyError)
+		re := asReason(err, reason.PolicyError)
+		return Verdict{Input: in, Policy: &policy.Decision{Decision: policy.Deny,
+			Reasons: []policy.Reason{{Code: string(re.Code), Message: re.Message, ControlID: reason.ControlID(re.Code)}}}}, re
 	}
 	v := Verdict{Decision: d.Decision, Reasons: d.Reasons, Obligations: d.Obligations, Input: in, Status: http.StatusForbidden}
 	switch d.Decision {
@@ -114,5 +120,6 @@ func evaluate(ctx context.Context, b *policy.Bundle, in *policy.Input) (Verdict,
 			}
 		}
 	}
+	v.Policy = &policy.Decision{Decision: v.Decision, Reasons: v.Reasons}
 	return v, nil
 }

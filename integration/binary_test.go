@@ -127,6 +127,41 @@ func TestEmbeddedDefaultServesChecks(t *testing.T) {
 	if out, err := verify.CombinedOutput(); err != nil || !strings.Contains(string(out), "ok: 2 lines") {
 		t.Fatalf("audit verify: %v %s", err, out)
 	}
+
+	// The recorded Checks replay: unchanged under the bundle that decided
+	// them (exit 0), and under a stricter candidate that reads the sealed
+	// arguments the allowed read becomes a deny (exit 1, listed).
+	replay := func(policies string) (string, error) {
+		cmd := exec.Command(bin, "replay", "--audit", filepath.Join(home, "audit.jsonl"), "--policies", policies, "--json")
+		cmd.Env = env
+		out, err := cmd.Output()
+		return string(out), err
+	}
+	if out, err := replay("../policies"); err != nil || !strings.Contains(out, `"changed": 0`) || !strings.Contains(out, `"replayed": 1`) {
+		t.Fatalf("replay under the deciding bundle: %v\n%s", err, out)
+	}
+	strict := t.TempDir()
+	for _, name := range []string{"authz.rego", "tokens.rego", "data.json"} {
+		b, err := os.ReadFile(filepath.Join("../policies", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(strict, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rule := "package aisecops.authz\n\nimport rego.v1\n\ndeny_reasons contains {\"code\": \"customers_closed\", \"message\": \"closed\", \"control_id\": \"AIS-EXE-01\"} if input.plan.arguments.table == \"customers\"\n"
+	if err := os.WriteFile(filepath.Join(strict, "strict.rego"), []byte(rule), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := replay(strict)
+	var rep struct {
+		Changed int
+		Changes []struct{ Kind, Tool, Before, After string }
+	}
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || err == nil || rep.Changed != 1 || rep.Changes[0].Kind != "allow_to_deny" || rep.Changes[0].Tool != "db.read" {
+		t.Fatalf("replay under a stricter bundle: exit %v, %+v\n%s", err, rep, out)
+	}
 }
 
 func waitReady(t *testing.T, url string) {

@@ -52,7 +52,8 @@ func TestTLSEverywhere(t *testing.T) {
 
 	a := freeAddrs(t, 6)
 	xdsAddr, xdsHTTP, authzAddr, httpAddr, imposterAuthz, imposterHTTP := a[0], a[1], a[2], a[3], a[4], a[5]
-	base := append(os.Environ(), "AISECOPS_HOME="+t.TempDir())
+	home := t.TempDir()
+	base := append(os.Environ(), "AISECOPS_HOME="+home)
 	startProc(t, bin, base, "xds", "--xds-addr", xdsAddr, "--http-addr", xdsHTTP,
 		"--xds-tls-cert", c("xds.crt"), "--xds-tls-key", c("xds.key"), "--xds-client-ca", c("ca.crt"),
 		"--http-tls-cert", c("http.crt"), "--http-tls-key", c("http.key"))
@@ -125,11 +126,23 @@ func TestTLSEverywhere(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	var st struct{ Nodes []struct{ ID string } }
-	r, err := https.Get("https://" + xdsHTTP + "/v1/xds/status")
+	admin, err := os.ReadFile(filepath.Join(home, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, "https://"+xdsHTTP+"/v1/xds/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
+	r, err := https.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("xDS status: %s", r.Status)
+	}
 	if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}

@@ -3,12 +3,14 @@ package main
 import (
 	"flag"
 	"fmt"
-	"github.com/aisecops/aisecops-envoy/extauthz/tokenservice"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/audit"
+	"github.com/aisecops/aisecops-envoy/extauthz/tokenservice"
 )
 
 // options are the flags common to the subcommands.
@@ -25,6 +27,7 @@ type options struct {
 	allowVolatileRedis bool
 	auditFile          string
 	auditFsync         bool
+	sealKeys           string
 	logLevel           string
 	checkTimeout       time.Duration
 	tokenIssuer        string
@@ -101,6 +104,7 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.redisCluster, "redis-cluster", "", "comma-separated Redis Cluster nodes host:port,…")
 	fs.StringVar(&o.auditFile, "audit-file", "", "audit JSONL file (default $AISECOPS_HOME/audit.jsonl)")
 	fs.BoolVar(&o.auditFsync, "audit-fsync", false, "fsync every audit line (durable against power loss; slower)")
+	fs.StringVar(&o.sealKeys, "seal-keys", "", "directory of the keys that seal recorded arguments for replay, shared by every replica (default $AISECOPS_HOME/seal-keys, created with a first key)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.checkTimeout, "check-timeout", time.Second, "upper bound of a Check when Envoy sends no deadline")
 	fs.StringVar(&o.tokenIssuer, "token-issuer", defaultIssuer, "accepted (and minted) token issuer")
@@ -135,6 +139,13 @@ func (o *options) devKeyPath() string {
 		return o.signingKey
 	}
 	return filepath.Join(o.home, "dev-signing-key.pem")
+}
+
+func (o *options) sealKeysDir() string {
+	if o.sealKeys != "" {
+		return o.sealKeys
+	}
+	return filepath.Join(o.home, audit.SealKeysName)
 }
 
 func (o *options) auditPath() string {

@@ -34,6 +34,7 @@ commands:
   token    mint a development capability token: token --agent A --tool T [--run R] [--ttl 5m]
   policy   test or evaluate a policy bundle: policy test [DIR] | policy eval --input FILE [DIR]
   audit    audit verify FILE | audit permissions --config NEW [--since OLD] [--acknowledged FILE]
+  replay   decide recorded Checks again under a candidate bundle: replay --audit FILE --policies DIR [--config FILE] [--json]
   test     run execution-plan suites through the Check pipeline: test [SUITE.yaml…] (none: the shipped threat suite)
   simulate where approval, halt and each budget fall per agent: simulate chain [--config FILE]
   api-token  a bearer token for the HTTP API: api-token --name N --roles operator,approver
@@ -71,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDevCerts(rest, stdout, stderr)
 	case "test":
 		return runTest(ctx, rest, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, rest, stdout, stderr)
 	case "simulate":
 		return runSimulate(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":

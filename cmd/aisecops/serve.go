@@ -201,6 +201,11 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return nil, err
 	}
 	log.Info("audit log", "path", o.auditPath())
+	sealer, err := audit.NewSealer(o.sealKeysDir())
+	if err != nil {
+		return nil, err
+	}
+	log.Info("audit seal keys", "dir", o.sealKeysDir(), "active", sealer.ActiveKeyID())
 	a.revs, err = revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
 	if err != nil {
 		return nil, err
@@ -227,7 +232,7 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		Tracer:      tracer,
 		Revocations: a.revs,
 		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: a.inspector, StepLog: a.store,
-		Verifier: verifier, Policy: a.engine, Audit: a.audit,
+		Verifier: verifier, Policy: a.engine, Audit: a.audit, Sealer: sealer,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
@@ -16,14 +17,43 @@ import (
 )
 
 const auditUsage = `usage: aisecops audit verify FILE... [--key FILE] [--public-key FILE] [--allow-no-sidecar] [--json]
+       aisecops audit rotate-seal-key [--seal-keys DIR]
 
-Verifies audit log files as one chain, oldest first (rotated files, then the
-live one: aisecops audit verify audit.jsonl.2* audit.jsonl), each against its
-sidecar checkpoint FILE.checkpoint. Exits non-zero naming the first bad line.
+verify: verifies audit log files as one chain, oldest first (rotated files,
+then the live one: aisecops audit verify audit.jsonl.2* audit.jsonl), each
+against its sidecar checkpoint FILE.checkpoint. Exits non-zero naming the first
+bad line.
+
+rotate-seal-key: adds a key to the ring that seals recorded arguments
+($AISECOPS_HOME/seal-keys), which servers seal with once restarted; older
+keys still open what they sealed. Keep every key as long as its records must
+replay.
 `
 
 // runAudit: `aisecops audit verify FILE... [--key FILE] [--public-key FILE]`.
 func runAudit(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "rotate-seal-key" {
+		fs := flag.NewFlagSet("audit rotate-seal-key", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		home := fs.String("home", defaultHome(), "state directory")
+		dir := fs.String("seal-keys", "", "seal key directory (default $AISECOPS_HOME/seal-keys)")
+		if err := parseWithEnv(fs, args[1:]); err != nil {
+			return err
+		}
+		if *dir == "" {
+			*dir = filepath.Join(*home, audit.SealKeysName)
+		}
+		s, err := audit.NewSealer(*dir)
+		if err != nil {
+			return err
+		}
+		id, err := s.Rotate()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "new seal key %s in %s\n", id, *dir)
+		return nil
+	}
 	if len(args) == 0 || args[0] != "verify" {
 		fmt.Fprint(stderr, auditUsage)
 		return flag.ErrHelp

@@ -91,6 +91,12 @@ type StepRisk struct {
 	Step  float64 `json:"step"`
 }
 
+// PolicyDecision is the policy's own decision on a record's Input.
+type PolicyDecision struct {
+	Decision string   `json:"decision"`
+	Reasons  []string `json:"reasons"` // codes, in the policy's order
+}
+
 // Reason is one reason of the decision.
 type Reason struct {
 	Code      string `json:"code"`
@@ -150,10 +156,18 @@ type Record struct {
 	Why       string            `json:"why,omitempty"`
 	Detail    map[string]string `json:"detail,omitempty"`
 
-	// Replay: the policy input with argument and body values replaced by
-	// references into Sealed, which holds them encrypted (Sealer).
+	// Replay. Input is the policy input the decision was taken on, in the
+	// open except for what the agent wrote: the call's arguments are null
+	// and its agent-written strings (ids, provenance) are as the record shows
+	// them (redacted when they carry a secret). Sealed holds those values in
+	// clear, encrypted (Sealer, aad = decision id): {"arguments": …,
+	// "strings": {"<input path>": …}}. Policy is what the policy decided on
+	// that input, which a replay under the same bundle reproduces (a later
+	// stage may have changed Decision). Absent when a stage before the policy
+	// decided, or with no Sealer.
 	Input  json.RawMessage `json:"input,omitempty"`
 	Sealed *Sealed         `json:"sealed,omitempty"`
+	Policy *PolicyDecision `json:"policy,omitempty"`
 
 	PrevHash string `json:"prev_hash"` // the previous line's Hash; set by Write
 	Hash     string `json:"hash"`      // this line's chain value; set by Write

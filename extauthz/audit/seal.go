@@ -36,7 +36,8 @@ type Sealed struct {
 // Nonces are random (96 bits), so one key must seal fewer than 2^32 values:
 // rotate well before that (at 1,000 Checks a second, within a month).
 type Sealer struct {
-	dir string
+	dir      string
+	readOnly bool // LoadSealer: never creates the directory or a key
 
 	mu     sync.RWMutex
 	keys   map[string]cipher.AEAD
@@ -63,10 +64,25 @@ func NewSealer(dir string) (*Sealer, error) {
 	return s, nil
 }
 
+// LoadSealer loads the key ring in dir for opening (a replay): unlike
+// NewSealer it creates nothing, and fails when dir holds no key.
+func LoadSealer(dir string) (*Sealer, error) {
+	s := &Sealer{dir: dir, readOnly: true}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if s.active == "" {
+		return nil, fmt.Errorf("audit: seal keys: no key in %s", dir)
+	}
+	return s, nil
+}
+
 // load reads every key file in the directory.
 func (s *Sealer) load() error {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return fmt.Errorf("audit: seal keys: %w", err)
+	if !s.readOnly {
+		if err := os.MkdirAll(s.dir, 0o700); err != nil {
+			return fmt.Errorf("audit: seal keys: %w", err)
+		}
 	}
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -106,6 +122,9 @@ func (s *Sealer) load() error {
 // Rotate adds a new key, which becomes the active one, and returns its id.
 // Values sealed under older keys still open.
 func (s *Sealer) Rotate() (string, error) {
+	if s.readOnly {
+		return "", errors.New("audit: seal keys loaded read-only")
+	}
 	if err := s.load(); err != nil {
 		return "", err
 	}
