@@ -33,7 +33,7 @@
     }
   }
   function append(e, kids) {
-    for (const k of kids.flat()) {
+    for (const k of [kids].flat(Infinity)) {
       if (k === undefined || k === null || k === false) continue;
       e.appendChild(typeof k === "object" ? k : document.createTextNode(String(k)));
     }
@@ -60,9 +60,9 @@
   }
   // A decision, shown with an icon and a word, not by colour alone.
   const DECISION = {
-    allow: ["✔", "allow", "ok"], deny: ["✖", "deny", "bad"], require_approval: ["⏸", "approval required", "warn"],
-    approved: ["✔", "approved", "ok"], rejected: ["✖", "rejected", "bad"], pending: ["⏳", "pending", "warn"],
-    used: ["✔", "approved, used", "ok"], expired: ["⌛", "expired", "muted"],
+    allow: ["✔", "allow", "ok"], deny: ["✖", "deny", "bad"], require_approval: ["‖", "approval required", "warn"],
+    approved: ["✔", "approved", "ok"], rejected: ["✖", "rejected", "bad"], pending: ["◷", "pending", "warn"],
+    used: ["✔", "approved, used", "ok"], expired: ["◷", "expired", "muted"],
   };
   function decision(d) {
     const [icon, word, cls] = DECISION[d] || ["•", String(d || "–"), "muted"];
@@ -148,7 +148,7 @@
       if (i % 6 === 0) root.appendChild(svg("text", { x: L + i * bw, y: H - 10, class: "axis" }, new Date(b.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
     });
     const legend = el("p", { class: "legend" },
-      el("span", { class: "key allow" }, "▮ ✔ allow"), " ", el("span", { class: "key require_approval" }, "▨ ⏸ approval required"), " ",
+      el("span", { class: "key allow" }, "▮ ✔ allow"), " ", el("span", { class: "key require_approval" }, "▨ ‖ approval required"), " ",
       el("span", { class: "key deny" }, "▩ ✖ deny"));
     const reasons = el("table", { class: "data compact" }, el("thead", {}, el("tr", {}, el("th", { text: "From" }),
       (series.top_reasons || []).map(r => el("th", { class: "num", text: r })))),
@@ -179,7 +179,7 @@
       const pts = steps.map((s, i) => `${xs(i)},${ys(s.cumulative_risk || 0)}`).join(" ");
       root.appendChild(svg("polyline", { points: pts, class: "riskline" }));
     }
-    const mark = { allow: "✔", deny: "✖", require_approval: "⏸" };
+    const mark = { allow: "✔", deny: "✖", require_approval: "‖" };
     steps.forEach((s, i) => {
       const x = xs(i), y = ys(s.cumulative_risk || 0);
       const c = svg("circle", { cx: x, cy: y, r: 6, class: "pt " + s.decision });
@@ -261,14 +261,14 @@
       clear($("kpis"));
       append($("kpis"), [
         k("Runs", o.runs, `${o.checks} tool calls`, "kpi-runs"),
-        k("Decisions", `✔ ${d.allow || 0} · ✖ ${d.deny || 0} · ⏸ ${d.require_approval || 0}`, "allow · deny · approval", "kpi-decisions"),
+        k("Decisions", `✔ ${d.allow || 0} · ✖ ${d.deny || 0} · ‖ ${d.require_approval || 0}`, "allow · deny · approval", "kpi-decisions"),
         k("Avg cumulative risk", fmt(o.avg_cumulative_risk, 3), "per run, highest in window", "kpi-risk"),
         k("Budget violation rate", fmt(100 * o.budget_violation_rate, 2) + " %", `${o.budget_violations} Checks, ${o.runs_with_budget_violation} runs`, "kpi-budget"),
         k("Injection detections", o.injection_detections, "Checks with an injection reason", "kpi-injection"),
         k("Egress detections", o.egress_detections, "secrets, PII, destinations", "kpi-egress"),
         k("Chain escalation", fmt(100 * o.chain_escalation_rate, 1) + " %", `${o.escalated_runs} runs with E > 1`, "kpi-escalation"),
         k("Policy denials", fmt(100 * o.policy_denial_rate, 1) + " %", `${o.policy_denials} Checks`, "kpi-denials"),
-        k("Pending approvals", "⏳ " + (a.pending || 0), `${a.decided || 0} decided, mean ${secs(a.mean_seconds_to_decision)}, median ${secs(a.median_seconds_to_decision)}`, "kpi-approvals"),
+        k("Pending approvals", "◷ " + (a.pending || 0), `${a.decided || 0} decided, mean ${secs(a.mean_seconds_to_decision)}, median ${secs(a.median_seconds_to_decision)}`, "kpi-approvals"),
         k("Tool calls policy-enforced", fmt(o.policy_enforced_pct, 2) + " %", "19.3", "kpi-enforced"),
         k("Runs fully traced", fmt(o.runs_fully_traced_pct, 2) + " %", "19.3", "kpi-traced"),
         k("Mean time to containment", secs(c.mean_seconds), `${c.contained || 0} of ${c.risky_runs || 0} risky runs contained`, "kpi-mttc"),
@@ -396,7 +396,7 @@
       const queue = $("queue");
       const live = new Set(pending.map(a => a.id));
       [...queue.querySelectorAll(".approval")].forEach(c => { if (!live.has(c.dataset.id)) { c.remove(); shown.delete(c.dataset.id); } });
-      if (!pending.length && !queue.querySelector(".approval")) { clear(queue).appendChild(el("p", { class: "card muted", id: "queue-empty", text: "⏳ No calls are waiting for a decision." })); }
+      if (!pending.length && !queue.querySelector(".approval")) { clear(queue).appendChild(el("p", { class: "card muted", id: "queue-empty", text: "◷ No calls are waiting for a decision." })); }
       else { const e = $("queue-empty"); if (e) e.remove(); }
       for (const a of pending) {
         if (shown.has(a.id)) continue;
@@ -404,7 +404,7 @@
         const why = el("input", { type: "text", maxlength: 1024, placeholder: "reason (required)", class: "why", "aria-label": "reason for " + a.id });
         const body = el("div", { class: "held" });
         const card = el("article", { class: "card approval", "data-id": a.id },
-          el("h2", {}, "⏸ ", el("span", { class: "mono", text: a.tool }), " by ", el("span", { class: "mono", text: a.agent_id })),
+          el("h2", {}, "‖ ", el("span", { class: "mono", text: a.tool }), " by ", el("span", { class: "mono", text: a.agent_id })),
           el("dl", { class: "defs" },
             el("dt", { text: "Approval" }), el("dd", { class: "mono", text: a.id }),
             el("dt", { text: "Run" }), el("dd", {}, runLink(a.agent_id, a.run_id)),
