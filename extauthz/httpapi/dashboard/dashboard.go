@@ -113,6 +113,7 @@ func (d *Dashboard) Routes() []httpapi.Route {
 		{Pattern: "GET /v1/overview", Role: op, Handler: http.HandlerFunc(d.overview)},
 		{Pattern: "GET /v1/overview/runs", Role: op, Handler: http.HandlerFunc(d.runs)},
 		{Pattern: "GET /v1/overview/agents/{id}", Role: op, Handler: http.HandlerFunc(d.agent)},
+		{Pattern: "GET /v1/overview/held/{decision}", Role: op, Handler: http.HandlerFunc(d.held)},
 		{Pattern: "GET /v1/policy/status", Role: op, Handler: http.HandlerFunc(d.policyStatus)},
 		{Pattern: "GET /v1/maturity", Role: op, Handler: http.HandlerFunc(d.maturity)},
 		{Pattern: "GET /v1/declaration", Role: op, Handler: d.declaration(false)},
@@ -343,6 +344,18 @@ func (d *Dashboard) agent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"agent_id": id, "thresholds": map[string]float64{"approval": ap, "halt": halt}})
+}
+
+// held: GET /v1/overview/held/{decision}: the audit record of a call held
+// for approval (findings, risk factors, provenance), for the approvals page.
+func (d *Dashboard) held(w http.ResponseWriter, r *http.Request) {
+	_ = d.cfg.Index.Refresh()
+	h, ok := d.cfg.Index.Held(r.PathValue("decision"))
+	if !ok {
+		httpapi.WriteError(w, http.StatusNotFound, "not_found", "no held call with that decision id in the audit log")
+		return
+	}
+	httpapi.WriteJSON(w, http.StatusOK, h)
 }
 
 // policyStatus: GET /v1/policy/status: the active versions and their history.

@@ -256,7 +256,7 @@ var pages = []string{"/", "/runs", "/run?id=r1&agent=crm-agent", "/approvals", "
 
 var dataEndpoints = []struct{ method, path string }{
 	{"GET", "/v1/overview"}, {"GET", "/v1/overview?window=7d"}, {"GET", "/v1/overview/runs?tool=db.read"},
-	{"GET", "/v1/overview/agents/crm-agent"}, {"GET", "/v1/policy/status"}, {"GET", "/v1/maturity"},
+	{"GET", "/v1/overview/agents/crm-agent"}, {"GET", "/v1/overview/held/d1"}, {"GET", "/v1/policy/status"}, {"GET", "/v1/maturity"},
 	{"GET", "/v1/declaration"}, {"GET", "/v1/declaration/key"}, {"POST", "/ui/export/declaration"}, {"POST", "/ui/export/evidence"},
 	{"GET", "/v1/approvals"}, {"GET", "/v1/runs"}, {"GET", "/v1/runs/r1/timeline"}, {"GET", "/v1/runs/r1/graph"}, {"GET", "/v1/evidence"},
 	{"POST", "/v1/approvals/apr_x/approve"},
@@ -712,5 +712,27 @@ func TestApprovalDetailForApproversOnly(t *testing.T) {
 				t.Errorf("%s as %s: argument shown %v, want %v", p, who, !want, want)
 			}
 		}
+	}
+}
+
+// TestHeldCallRecord: the approvals page's view of a held call comes from
+// its audit record, findings without values.
+func TestHeldCallRecord(t *testing.T) {
+	w := newWorld(t, SessionOptions{})
+	b, _ := json.Marshal(map[string]any{"ts": t0, "decision_id": "d_held", "run_id": "r", "agent_id": "a", "tool": "send_email",
+		"decision": "require_approval", "approval_id": "apr_h", "reasons": []map[string]string{{"code": "approval_required"}},
+		"egress_findings": []map[string]any{{"detector": "email", "location": "body.to", "count": 1, "hash": "h"}},
+		"step_risk":       map[string]float64{"r_step": 0.4, "e": 1.2, "t": 2, "b": 1, "step": 0.96}, "cumulative_risk": 1.06})
+	w.write(t, string(b))
+	resp := w.do(req{path: "/v1/overview/held/d_held", bearer: "ops-token"})
+	var h HeldCall
+	if err := json.Unmarshal(resp.Body.Bytes(), &h); err != nil || resp.Code != 200 {
+		t.Fatalf("%d %s", resp.Code, resp.Body)
+	}
+	if len(h.Findings) != 1 || h.Findings[0].Location != "body.to" || h.StepRisk.E != 1.2 || h.Reasons[0] != "approval_required" {
+		t.Errorf("held call = %+v", h)
+	}
+	if resp := w.do(req{path: "/v1/overview/held/nope", bearer: "ops-token"}); resp.Code != http.StatusNotFound {
+		t.Errorf("unknown decision: %d", resp.Code)
 	}
 }

@@ -33,6 +33,9 @@ type Index struct {
 	// requested is when each approval was asked for (its id → the Check's
 	// time), to measure time to decision when the decision arrives.
 	requested map[string]int64
+	// held is what the audit record says of each call held for approval,
+	// by decision id: what an approver sees beside the approval.
+	held      map[string]HeldCall
 	decided   []decidedApproval
 	versions  []VersionChange
 	lastPol   string
@@ -138,12 +141,13 @@ func (in *interner) str(id uint32) string { return in.strs[id] }
 
 // NewIndex indexes the audit log at path (which may not exist yet).
 func NewIndex(path string, o IndexOptions) *Index {
-	return &Index{path: path, opts: o.withDefaults(), requested: map[string]int64{}}
+	return &Index{path: path, opts: o.withDefaults(), requested: map[string]int64{}, held: map[string]HeldCall{}}
 }
 
 // line is the part of an audit record the index reads.
 type line struct {
 	TS          time.Time `json:"ts"`
+	DecisionID  string    `json:"decision_id"`
 	Event       string    `json:"event"`
 	RunID       string    `json:"run_id"`
 	TraceID     string    `json:"trace_id"`
@@ -155,25 +159,18 @@ type line struct {
 	Reasons     []struct {
 		Code string `json:"code"`
 	} `json:"reasons"`
-	ControlIDs []string `json:"control_ids"`
-	StepRisk   struct {
-		E    float64 `json:"e"`
-		Step float64 `json:"step"`
-	} `json:"step_risk"`
-	CumulativeRisk float64 `json:"cumulative_risk"`
-	EgressFindings []struct {
-		Detector string `json:"detector"`
-	} `json:"egress_findings"`
-	Provenance []struct {
-		TrustLevel string `json:"trust_level"`
-	} `json:"context_provenance"`
-	TokenJTI      string            `json:"token_jti"`
-	PolicyVersion string            `json:"policy_version"`
-	RouteVersion  string            `json:"route_version"`
-	DryRun        bool              `json:"dry_run"`
-	Explain       bool              `json:"explain"`
-	ApprovalID    string            `json:"approval_id"`
-	Detail        map[string]string `json:"detail"`
+	ControlIDs     []string           `json:"control_ids"`
+	StepRisk       audit.StepRisk     `json:"step_risk"`
+	CumulativeRisk float64            `json:"cumulative_risk"`
+	EgressFindings []HeldFinding      `json:"egress_findings"`
+	Provenance     []audit.Provenance `json:"context_provenance"`
+	TokenJTI       string             `json:"token_jti"`
+	PolicyVersion  string             `json:"policy_version"`
+	RouteVersion   string             `json:"route_version"`
+	DryRun         bool               `json:"dry_run"`
+	Explain        bool               `json:"explain"`
+	ApprovalID     string             `json:"approval_id"`
+	Detail         map[string]string  `json:"detail"`
 }
 
 // Refresh reads what was appended to the file since the last call. A file
@@ -340,6 +337,18 @@ func (x *Index) add(b []byte) {
 			}
 		}
 		x.requested[l.ApprovalID] = ts
+		if len(x.held) >= maxPendingTracked {
+			for k := range x.held {
+				delete(x.held, k)
+				break
+			}
+		}
+		codes := make([]string, 0, len(l.Reasons))
+		for _, r := range l.Reasons {
+			codes = append(codes, r.Code)
+		}
+		x.held[l.DecisionID] = HeldCall{DecisionID: l.DecisionID, TS: l.TS.UTC(), Reasons: codes, ControlIDs: l.ControlIDs,
+			StepRisk: l.StepRisk, CumulativeRisk: l.CumulativeRisk, Findings: l.EgressFindings, Provenance: l.Provenance}
 	}
 	// Keep events in time order (concurrent Checks may reach the log a
 	// little out of order), so a window is one binary search away.
@@ -350,6 +359,36 @@ func (x *Index) add(b []byte) {
 	}
 	i := sort.Search(n, func(i int) bool { return x.events[i].ts > e.ts })
 	x.events = slices.Insert(x.events, i, e)
+}
+
+// HeldCall is the audit record of a call held for approval, as far as an
+// approver may see it: codes, numbers, findings (detector, location, count,
+// keyed hash — never the value) and the provenance labels (inspected before
+// they were written).
+type HeldCall struct {
+	DecisionID     string             `json:"decision_id"`
+	TS             time.Time          `json:"ts"`
+	Reasons        []string           `json:"reasons"`
+	ControlIDs     []string           `json:"control_ids"`
+	StepRisk       audit.StepRisk     `json:"step_risk"`
+	CumulativeRisk float64            `json:"cumulative_risk"`
+	Findings       []HeldFinding      `json:"egress_findings"`
+	Provenance     []audit.Provenance `json:"context_provenance"`
+}
+
+// HeldFinding is one egress finding of a held call.
+type HeldFinding struct {
+	Detector string `json:"detector"`
+	Location string `json:"location"`
+	Count    int    `json:"count"`
+}
+
+// Held returns the held call of decision id.
+func (x *Index) Held(id string) (HeldCall, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	h, ok := x.held[id]
+	return h, ok
 }
 
 // maxPendingTracked bounds the approvals waiting for their decision record.

@@ -381,6 +381,27 @@
             el("td", {}, decision(s.decision)), el("td", { class: "num", text: fmt((s.step_risk || {}).step, 3) }), el("td", { class: "num", text: fmt(s.cumulative_risk, 3) }))))));
       } catch (e) { into.appendChild(el("p", { class: "muted", text: "run timeline unavailable: " + e.message })); }
     };
+    // What the audit record says of the held call: risk factors, findings
+    // (detector and location, never the value), provenance labels.
+    const heldRecord = async (a, into) => {
+      const box = el("div", { class: "held-record" });
+      into.appendChild(box);
+      try {
+        const h = await api("/v1/overview/held/" + encodeURIComponent(a.decision_id));
+        const sr = h.step_risk || {};
+        box.appendChild(el("p", {}, `Step risk R ${fmt(sr.r_step)} × E ${fmt(sr.e)} × T ${fmt(sr.t)} × B ${fmt(sr.b)} = ${fmt(sr.step, 3)}; cumulative ${fmt(h.cumulative_risk, 3)}; controls `,
+          el("span", { class: "mono", text: (h.control_ids || []).join(", ") || "–" })));
+        const f = h.egress_findings || [];
+        box.appendChild(el("h3", { text: f.length ? "Egress findings" : "Egress findings: none" }));
+        if (f.length) box.appendChild(el("table", { class: "data compact findings" }, el("thead", {}, el("tr", {}, ["Detector", "Where", "Count"].map(x => el("th", { text: x })))),
+          el("tbody", {}, f.map(x => el("tr", {}, el("td", { class: "mono", text: x.detector }), el("td", { class: "mono", text: x.location }), el("td", { class: "num", text: x.count }))))));
+        const p = h.context_provenance || [];
+        if (p.length) {
+          box.appendChild(el("h3", { text: "Context provenance" }));
+          box.appendChild(el("ul", {}, p.map(x => el("li", { class: "mono", text: `${x.source_type}: ${x.source_name} (${x.trust_level})` }))));
+        }
+      } catch (e) { box.appendChild(el("p", { class: "muted", text: "audit record of the held call unavailable: " + e.message })); }
+    };
     const decide = async (a, approve, why, card) => {
       try {
         await api(`/v1/approvals/${encodeURIComponent(a.id)}/${approve ? "approve" : "reject"}`, { method: "POST", body: { why } });
@@ -413,11 +434,12 @@
             el("dt", { text: "Requested" }), el("dd", { text: when(a.created_at) }),
             el("dt", { text: "Binds" }), el("dd", { class: "mono small", text: a.binding })),
           body);
+        heldRecord(a, body);
         if (a.detail && approver) {
           body.appendChild(el("h3", { text: "The call held (argument values; matched secrets masked)" }));
           body.appendChild(renderDetail(a.detail));
         } else if (approver) {
-          body.appendChild(el("p", { class: "note", text: "ℹ This approval record carries no argument values. It binds the exact request by digest (above): an approved retry with any other arguments, path or run is refused. Shown below: the run so far." }));
+          body.appendChild(el("p", { class: "note", text: "ℹ This approval record carries no argument values (the audit log keeps them sealed). It binds the exact request by digest (above): an approved retry with any other arguments, path or run is refused. Shown: the held call's findings and risk (above) and the run so far (below)." }));
           runSoFar(a, body);
         } else {
           body.appendChild(el("p", { class: "note", text: "ℹ Argument values are shown to approvers only." }));
