@@ -121,6 +121,45 @@ func TestEmbeddedDefaultServesChecks(t *testing.T) {
 		t.Errorf("metrics lack the allow: %s", grep(metrics, "aisecops_decisions_total"))
 	}
 
+	strict := t.TempDir()
+	for _, name := range []string{"authz.rego", "tokens.rego", "data.json"} {
+		b, err := os.ReadFile(filepath.Join("../policies", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(strict, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rule := "package aisecops.authz\n\nimport rego.v1\n\ndeny_reasons contains {\"code\": \"customers_closed\", \"message\": \"closed\", \"control_id\": \"AIS-EXE-01\"} if input.plan.arguments.table == \"customers\"\n"
+	if err := os.WriteFile(filepath.Join(strict, "strict.rego"), []byte(rule), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The same replay through the API, on the running server's own log.
+	files := map[string]string{}
+	entries, err := os.ReadDir(strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(strict, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[e.Name()] = string(b)
+	}
+	body, err := json.Marshal(map[string]any{"policies": files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := post(t, "http://"+httpAddr+"/v1/replay/diff", "", string(body)); code != http.StatusUnauthorized {
+		t.Fatalf("anonymous replay diff: %d", code)
+	}
+	code, out := post(t, "http://"+httpAddr+"/v1/replay/diff", adminToken(t, home), string(body))
+	if code != http.StatusOK || !strings.Contains(out, `"changed": 1`) || !strings.Contains(out, `"allow_to_deny"`) {
+		t.Fatalf("replay diff over the API: %d %s", code, out)
+	}
+
 	// Graceful shutdown on SIGTERM, then the audit chain verifies.
 	all.stop(t)
 	verify := exec.Command(bin, "audit", "verify", filepath.Join(home, "audit.jsonl"))
@@ -140,21 +179,7 @@ func TestEmbeddedDefaultServesChecks(t *testing.T) {
 	if out, err := replay("../policies"); err != nil || !strings.Contains(out, `"changed": 0`) || !strings.Contains(out, `"replayed": 1`) {
 		t.Fatalf("replay under the deciding bundle: %v\n%s", err, out)
 	}
-	strict := t.TempDir()
-	for _, name := range []string{"authz.rego", "tokens.rego", "data.json"} {
-		b, err := os.ReadFile(filepath.Join("../policies", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(strict, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rule := "package aisecops.authz\n\nimport rego.v1\n\ndeny_reasons contains {\"code\": \"customers_closed\", \"message\": \"closed\", \"control_id\": \"AIS-EXE-01\"} if input.plan.arguments.table == \"customers\"\n"
-	if err := os.WriteFile(filepath.Join(strict, "strict.rego"), []byte(rule), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := replay(strict)
+	out, err = replay(strict)
 	var rep struct {
 		Changed int
 		Changes []struct{ Kind, Tool, Before, After string }

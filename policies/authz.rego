@@ -64,15 +64,19 @@ reasons := sort(deny_reasons) if {
 	"control_id": "AIS-EXE-01",
 }]
 
+# Obligations are flags, not input values: the Go side knows which approval
+# and which token they name, and a decision that does not depend on the
+# token's jti can be answered from the decision cache for the next token.
+
 # An approval is spent by the allow it produced; the Go side marks it used.
-obligations.approval_consumed := input.approval.id if {
+obligations.approval_consumed := true if {
 	decision == "allow"
 	count(approval_reasons) > 0
 }
 
-# State-changing calls spend their capability token: the server accepts a jti
-# named by this obligation only once.
-obligations.consume_jti := input.token.jti if {
+# State-changing calls spend their capability token: the server accepts the
+# token's jti only once.
+obligations.consume_jti := true if {
 	decision == "allow"
 	single_use_token
 }
@@ -115,8 +119,6 @@ permitted if {
 	identity_ok
 	tool_allowed
 }
-
-finding_class contains f.class if some f in input.findings
 
 # A destination outside the organisation: an external send, a model API not
 # run internally, or any route the operator marked untrusted.

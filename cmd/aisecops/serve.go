@@ -122,6 +122,7 @@ type authz struct {
 	store      runStore
 	closeStore func()
 	audit      *audit.Log
+	sealer     *audit.Sealer
 	revs       *revocation.Set
 	tokens     *tokenservice.Service
 	srv        *extauthz.Server
@@ -201,11 +202,10 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		return nil, err
 	}
 	log.Info("audit log", "path", o.auditPath())
-	sealer, err := audit.NewSealer(o.sealKeysDir())
-	if err != nil {
+	if a.sealer, err = audit.NewSealer(o.sealKeysDir()); err != nil {
 		return nil, err
 	}
-	log.Info("audit seal keys", "dir", o.sealKeysDir(), "active", sealer.ActiveKeyID())
+	log.Info("audit seal keys", "dir", o.sealKeysDir(), "active", a.sealer.ActiveKeyID())
 	a.revs, err = revocation.New(revocation.Options{Path: o.revocationsFile, MaxTokenLifetime: o.maxTokenTTL, Logger: log})
 	if err != nil {
 		return nil, err
@@ -232,7 +232,7 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 		Tracer:      tracer,
 		Revocations: a.revs,
 		Directory:   a.dir, Store: a.store, Approvals: a.store, Nonces: a.store, Inspector: a.inspector, StepLog: a.store,
-		Verifier: verifier, Policy: a.engine, Audit: a.audit, Sealer: sealer,
+		Verifier: verifier, Policy: a.engine, Audit: a.audit, Sealer: a.sealer,
 		Logger: log, Registerer: reg, CheckTimeout: o.checkTimeout,
 	})
 	if err != nil {
@@ -301,6 +301,19 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
 			{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: listRevocations},
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
+			{Pattern: "POST /v1/replay/diff", Role: httpapi.RoleOperator, Handler: httpapi.ReplayHandler(httpapi.ReplayConfig{
+				Records: func(from, to time.Time, limit int) ([]audit.Record, error) {
+					return audit.ReadRange(o.auditPath(), from, to, limit)
+				},
+				Opener: a.sealer,
+				Directory: func(raw []byte) (*extauthz.Directory, error) {
+					f, err := config.Parse("candidate routes file", raw)
+					if err != nil {
+						return nil, err
+					}
+					return extauthz.NewDirectory(f, contentVersion(raw)), nil
+				},
+			})},
 		}, extra...),
 	})
 	dash.SetAPI(api)

@@ -65,10 +65,9 @@ func TestConcurrentWritersEachOnce(t *testing.T) {
 			}
 		}
 	}
+	// How many Writes shared a commit depends on the scheduler (on a loaded
+	// machine they may not overlap at all); TestGroupCommitOneWritePerBatch lines them up.
 	t.Logf("%d records in %d writes", writers*each, writes.Load())
-	if writes.Load() >= writers*each {
-		t.Errorf("no group commit: %d writes for %d records", writes.Load(), writers*each)
-	}
 }
 
 // gatedLog holds the committer inside its next write of the log file until

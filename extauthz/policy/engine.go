@@ -253,7 +253,18 @@ func (c *Bundle) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	if err != nil {
 		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy input invalid")
 	}
-	return c.eval(ctx, rego.EvalParsedInput(v))
+	if c.cache == nil {
+		return c.eval(ctx, rego.EvalParsedInput(v))
+	}
+	key := c.cache.key(v)
+	if d, ok := c.cache.get(key); ok {
+		return d, nil
+	}
+	d, err = c.eval(ctx, rego.EvalParsedInput(v))
+	if err == nil {
+		c.cache.put(key, d)
+	}
+	return d, err
 }
 
 func (c *Bundle) eval(ctx context.Context, input rego.EvalOption) (Decision, error) {

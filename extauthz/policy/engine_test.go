@@ -167,7 +167,7 @@ func TestEvalApprovalObligation(t *testing.T) {
 	want := Decision{
 		Decision:    Allow,
 		Reasons:     []Reason{{Code: "allowed", Message: "allowed with a human approval", ControlID: "AIS-RSK-01"}},
-		Obligations: map[string]any{"approval_consumed": "apr-1"},
+		Obligations: map[string]any{"approval_consumed": true},
 	}
 	if diff := cmp.Diff(want, d); diff != "" {
 		t.Errorf("decision (-want +got):\n%s", diff)

@@ -37,7 +37,8 @@ type Bundle struct {
 	hash       string
 	escalation []EscalationRule
 	accepted   []string
-	readsArgs  bool // some rule can see input.plan.arguments
+	readsArgs  bool           // some rule can see input.plan.arguments
+	cache      *decisionCache // nil: the bundle reads input as a whole (cache.go)
 }
 
 func isTestFile(name string) bool { return strings.HasSuffix(name, "_test.rego") }
@@ -130,7 +131,7 @@ func load(ctx context.Context, fsys fs.FS) (c *Bundle, key string, err error) {
 	for _, m := range b.Modules {
 		mods = append(mods, m.Parsed)
 	}
-	c = &Bundle{hash: hash, readsArgs: readsArguments(mods)}
+	c = &Bundle{hash: hash, readsArgs: readsArguments(mods), cache: newDecisionCache(mods)}
 	if err := c.readData(b.Data); err != nil {
 		return nil, hash, err
 	}
@@ -245,4 +246,12 @@ func validateEscalation(rules []EscalationRule) []error {
 		}
 	}
 	return errs
+}
+
+// Load compiles the bundle in fsys (*.rego and data.json at its root, tests
+// ignored) with the same restricted capabilities as a served one: a
+// candidate for a replay, which no Check is decided with.
+func Load(ctx context.Context, fsys fs.FS) (*Bundle, error) {
+	c, _, err := load(ctx, fsys)
+	return c, err
 }

@@ -1,0 +1,141 @@
+package policy
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// The decision cache. A bundle's decision is a pure function of the input:
+// policies have no clock, network or randomness (Capabilities), and data is
+// fixed for the bundle's life. So two inputs that agree on every value the
+// bundle can read get the same decision, and the bundle may answer the second
+// from the first without evaluating. Which values it can read is found by
+// static analysis of its modules (inputPaths): the ground prefix of every
+// reference to input. The cache key is those values, encoded in full (never a
+// hash, so two keys are equal only when the values are): nothing a cache hit
+// returns can differ from what an evaluation would, so it cannot turn a deny
+// into an allow. A bundle that reads input as a whole, or under a
+// non-constant key at the top, is not cached.
+//
+// Only successful evaluations are cached (errors and timeouts are not), the
+// cache is bounded (cleared when full) and dies with its bundle on reload.
+
+// decisionCacheSize bounds one bundle's cache.
+const decisionCacheSize = 8192
+
+type decisionCache struct {
+	paths []ast.Ref // ground prefixes of the input references, sorted, none a prefix of another
+
+	mu sync.RWMutex
+	m  map[string]Decision
+}
+
+// newDecisionCache returns nil when mods can read input as a whole.
+func newDecisionCache(mods []*ast.Module) *decisionCache {
+	paths, ok := inputPaths(mods)
+	if !ok {
+		return nil
+	}
+	return &decisionCache{paths: paths, m: make(map[string]Decision)}
+}
+
+// inputPaths lists the ground prefixes of every reference to input in mods,
+// imports and `with` targets included, reduced to those no other one is a
+// prefix of. ok is false when some reference reads input as a whole: bare
+// `input`, or a non-constant first key.
+func inputPaths(mods []*ast.Module) (paths []ast.Ref, ok bool) {
+	ok = true
+	var vis *ast.GenericVisitor
+	vis = ast.NewGenericVisitor(func(x any) bool {
+		switch v := x.(type) {
+		case ast.Ref:
+			if !v.HasPrefix(ast.InputRootRef) {
+				return false
+			}
+			n := 1
+			for n < len(v) {
+				if _, str := v[n].Value.(ast.String); !str {
+					break
+				}
+				n++
+			}
+			if n == 1 {
+				ok = false
+			}
+			paths = append(paths, v[:n].Copy())
+			for _, t := range v[1:] {
+				vis.Walk(t) // keys can reference input too
+			}
+			return true
+		case ast.Var:
+			if v.Equal(ast.InputRootDocument.Value) {
+				ok = false // bare input, e.g. a function argument
+			}
+		}
+		return false
+	})
+	for _, m := range mods {
+		vis.Walk(m)
+	}
+	if !ok {
+		return nil, false
+	}
+	slices.SortFunc(paths, func(a, b ast.Ref) int { return a.Compare(b) })
+	out := paths[:0]
+	for _, p := range paths {
+		if len(out) > 0 && p.HasPrefix(out[len(out)-1]) {
+			continue // a longer path under one already read whole
+		}
+		out = append(out, p)
+	}
+	return out, true
+}
+
+// key encodes the values of input at the cache's paths. A missing value is
+// encoded apart from every present one.
+func (c *decisionCache) key(input ast.Value) string {
+	var b strings.Builder
+	for _, p := range c.paths {
+		v, err := input.Find(p[1:])
+		if err != nil {
+			b.WriteString("\x00-")
+		} else {
+			b.WriteString("\x00+")
+			b.WriteString(v.String())
+		}
+	}
+	return b.String()
+}
+
+func (c *decisionCache) get(key string) (Decision, bool) {
+	c.mu.RLock()
+	d, ok := c.m[key]
+	c.mu.RUnlock()
+	if !ok {
+		return Decision{}, false
+	}
+	return d.clone(), true
+}
+
+func (c *decisionCache) put(key string, d Decision) {
+	d = d.clone()
+	c.mu.Lock()
+	if len(c.m) >= decisionCacheSize {
+		clear(c.m)
+	}
+	c.m[key] = d
+	c.mu.Unlock()
+}
+
+// clone copies what a caller could change: the reasons and obligations.
+func (d Decision) clone() Decision {
+	d.Reasons = slices.Clone(d.Reasons)
+	if d.Obligations != nil {
+		d.Obligations = maps.Clone(d.Obligations)
+	}
+	return d
+}

@@ -1,0 +1,185 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
+)
+
+func TestInputPaths(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		body string
+		want []string // nil: not cacheable
+	}{
+		"fields":               {`x if input.route.tool == "a"` + "\n" + `y if input.route.tool_class == data.z[input.agent.id]`, []string{"input.agent.id", "input.route.tool", "input.route.tool_class"}},
+		"prefix wins":          {`x if input.plan.arguments.to` + "\n" + `y := json.marshal(input.plan)`, []string{"input.plan"}},
+		"variable key":         {`x if input.plan.arguments[k] == "a"`, []string{"input.plan.arguments"}},
+		"bracket string":       {`x if input["plan"]["tool"]`, []string{"input.plan.tool"}},
+		"import alias":         {"import input.plan as p\n\nx if p.arguments.to", []string{"input.plan"}},
+		"with target":          {`x if y with input.risk as {}` + "\n" + `y if input.route.tool`, []string{"input.risk", "input.route.tool"}},
+		"key inside other ref": {`x if data.tbl[input.plan.tool]`, []string{"input.plan.tool"}},
+		"whole input":          {`x := input`, nil},
+		"walk input":           {`x if walk(input, [p, v])`, nil},
+		"variable top key":     {"x if {\n\tsome k\n\tinput[k].arguments\n}", nil},
+		"function of input":    {`f(x) := x` + "\n" + `y := f(input)`, nil},
+		"object.get on input":  {`x := object.get(input, "plan", {})`, nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m, err := ast.ParseModuleWithOpts("p.rego", "package p\n\nimport rego.v1\n\n"+tc.body+"\n", ast.ParserOptions{RegoVersion: ast.RegoV1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			paths, ok := inputPaths([]*ast.Module{m})
+			if (tc.want != nil) != ok {
+				t.Fatalf("cacheable = %v, want %v (paths %v)", ok, tc.want != nil, paths)
+			}
+			var got []string
+			for _, p := range paths {
+				got = append(got, p.String())
+			}
+			if diff := cmp.Diff(tc.want, got); ok && diff != "" {
+				t.Errorf("paths (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestBundledPolicyIsCacheable: the bundled policy reads neither input as a
+// whole nor any per-call value (token jti, request id, run id, time), so its
+// decisions repeat across calls and tokens.
+func TestBundledPolicyIsCacheable(t *testing.T) {
+	t.Parallel()
+	c := newEmbedded(t).Current().cache
+	if c == nil {
+		t.Fatal("the bundled policy is not cacheable")
+	}
+	var paths []string
+	for _, p := range c.paths {
+		paths = append(paths, p.String())
+	}
+	for _, perCall := range []string{"input.token.jti", "input.request", "input.request.id", "input.time", "input.plan.run_id", "input.run.id", "input.plan.arguments", "input.findings"} {
+		if slices.Contains(paths, perCall) {
+			t.Errorf("the bundled policy reads %s: %v", perCall, paths)
+		}
+	}
+	if !slices.Contains(paths, "input.risk.total") || !slices.Contains(paths, "input.agent.halt_threshold") {
+		t.Errorf("paths %v lack the risk and thresholds", paths)
+	}
+}
+
+// TestDecisionCacheAgreesWithEvaluation: over thousands of inputs varied in
+// every field the policy reads (and some it does not), the cached engine's
+// decision is exactly a fresh evaluation's, hits included — the cache never
+// answers for an input it was not computed for.
+func TestDecisionCacheAgreesWithEvaluation(t *testing.T) {
+	t.Parallel()
+	b := newEmbedded(t).Current()
+	rng := rand.New(rand.NewPCG(1, 2))
+	pick := func(xs ...string) string { return xs[rng.IntN(len(xs))] }
+	routes := []func(*Input){sendEmail, shellExec, dbWrite, llmRoute, func(*Input) {}}
+	hits := 0
+	ctx := context.Background()
+	for i := range 4000 {
+		in := baseInput()
+		routes[rng.IntN(len(routes))](in)
+		in.Agent.Known = rng.IntN(10) > 0
+		in.Agent.Authenticated = rng.IntN(10) > 0
+		in.Agent.ToolAllowed = rng.IntN(8) > 0
+		in.Token.Present = rng.IntN(10) > 0
+		in.Token.SingleUse = rng.IntN(3) == 0
+		in.Token.JTI = fmt.Sprintf("jti-%d", i) // per call: must not matter
+		in.Token.PolicyVersion = pick("v1.0", "v0.1", "v0.0", "")
+		in.Request.ID = fmt.Sprintf("req-%d", i)
+		in.Risk.Total = float64(rng.IntN(25)) / 10
+		in.Budget.Exceeded = pick("", "", "", "max_tool_calls")
+		in.UntrustedContext = rng.IntN(4) == 0
+		in.Plan.Protocol = rng.IntN(6) == 0
+		in.Approval = Approval{}
+		if rng.IntN(5) == 0 {
+			in.Approval = Approval{ID: "apr-" + pick("1", "2"), Present: true, Valid: rng.IntN(2) == 0, Status: "approved"}
+		}
+		if rng.IntN(3) == 0 {
+			withFindings(pick("secret", "pii", "injection", "destination", "sensitive", "size"))(in)
+		}
+		if rng.IntN(4) == 0 {
+			in.Provenance = []plan.Provenance{{SourceType: pick("memory", "web", "user"), SourceName: "s", TrustLevel: pick("unverified", "internal", "untrusted")}}
+		}
+		if rng.IntN(4) == 0 {
+			in.Run.Facts = []string{pick("read:internal", "untrusted", "finding:injection")}
+		}
+		// Twice: the second call differs only in per-call values the
+		// policy does not read, so it must be a hit with the same answer.
+		for round := range 2 {
+			if round == 1 {
+				in.Token.JTI, in.Request.ID, in.Time.NowNS = "jti-again", "req-again", in.Time.NowNS+1
+			}
+			cp := *in
+			_, cached := b.cache.get(b.cache.key(mustValue(t, in)))
+			got, err := b.Eval(ctx, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := b.eval(ctx, rego.EvalParsedInput(mustValue(t, &cp)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Fatalf("input %d (cached %v): decision differs (-evaluated +cached engine):\n%s", i, cached, diff)
+			}
+			if cached {
+				hits++
+			} else if round == 1 {
+				t.Fatalf("input %d: a call differing only in jti, request id and time missed the cache", i)
+			}
+		}
+	}
+	if hits < 4000 {
+		t.Errorf("%d hits in 8000: the test did not exercise the cache", hits)
+	}
+}
+
+func mustValue(t *testing.T, in *Input) ast.Value {
+	t.Helper()
+	in.Derive()
+	v, err := inputValue(in, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestDecisionCacheReturnsCopies: a caller changing a returned decision
+// cannot change what the next hit returns.
+func TestDecisionCacheReturnsCopies(t *testing.T) {
+	t.Parallel()
+	e := newEmbedded(t)
+	in := baseInput()
+	dbWrite(in)
+	in.Token.SingleUse = true
+	d1, err := e.Eval(context.Background(), in)
+	if err != nil || d1.Obligations["consume_jti"] != true {
+		t.Fatalf("%+v %v", d1, err)
+	}
+	d1.Reasons[0].Code = "tampered"
+	d1.Obligations["consume_jti"] = nil
+	d2, err := e.Eval(context.Background(), baseInputLike(in))
+	if err != nil || d2.Reasons[0].Code == "tampered" || d2.Obligations["consume_jti"] != true {
+		t.Fatalf("second decision changed by the first's caller: %+v", d2)
+	}
+}
+
+func baseInputLike(in *Input) *Input {
+	cp := *in
+	cp.Token.JTI = "another"
+	return &cp
+}
