@@ -137,9 +137,9 @@ var workedExample = []struct{ tool, args, decision string }{
 func TestDashboardInBrowser(t *testing.T) {
 	w := startDashWorld(t)
 	admin := adminToken(t, w.home)
-	ctx := browsertest.New(t, 100*time.Second)
+	bctx := browsertest.New(t, 3*time.Minute)
 	downloads := t.TempDir()
-	if err := browsertest.AllowDownloads(ctx, downloads); err != nil {
+	if err := browsertest.AllowDownloads(bctx, downloads); err != nil {
 		t.Fatal(err)
 	}
 
@@ -170,6 +170,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 
 	t.Run("sign in", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bctx, 40*time.Second)
+		defer cancel()
 		if err := chromedp.Do(ctx, chromedp.Navigate(w.http+"/"), chromedp.WaitVisible("#credential")); err != nil {
 			t.Fatal(err)
 		}
@@ -196,6 +198,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	})
 
 	t.Run("worked example run", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bctx, 40*time.Second)
+		defer cancel()
 		// Search by tool (the dashboard's own search), then open the run.
 		if err := chromedp.Do(ctx, chromedp.Navigate(w.http+"/runs"), chromedp.WaitVisible("#q-tool"),
 			chromedp.SendKeys("#q-tool", "send_email"), chromedp.Click("#search"),
@@ -220,6 +224,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	})
 
 	t.Run("approve and retry", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bctx, 40*time.Second)
+		defer cancel()
 		card := `.approval[data-id="` + approvalID + `"]`
 		if err := chromedp.Do(ctx, chromedp.Navigate(w.http+"/approvals"), chromedp.WaitVisible(card)); err != nil {
 			t.Fatal(err)
@@ -255,14 +261,21 @@ func TestDashboardInBrowser(t *testing.T) {
 	})
 
 	t.Run("replay diff", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bctx, 40*time.Second)
+		defer cancel()
 		if !w.mounted(t, "POST", "/v1/replay/diff", admin) {
 			t.Skip("POST /v1/replay/diff is not on this branch yet (main): the replay page cannot run")
 		}
-		const stricter = "package aisecops.authz\n\nimport rego.v1\n\ndeny_reasons contains {\"code\": \"not_permitted\", \"message\": \"no email on Mondays\", \"control_id\": \"AIS-EXE-01\"} if {\n\tinput.tool.name == \"send_email\"\n}\n"
-		if err := chromedp.Do(ctx, chromedp.Navigate(w.http+"/policy"), chromedp.WaitVisible("#replay-rego"),
+		const stricter = "package aisecops.authz\n\nimport rego.v1\n\ndeny_reasons contains {\"code\": \"not_permitted\", \"message\": \"no email this week\", \"control_id\": \"AIS-EXE-01\"} if {\n\tinput.route.tool == \"send_email\"\n}\n"
+		if err := chromedp.Do(ctx, chromedp.Navigate(w.http+"/policy"), chromedp.WaitReady(`#replay-file option[value="authz.rego"]`),
+			chromedp.SendKeys("#replay-new", "candidate.rego"), chromedp.Click("#replay-add"),
 			chromedp.SetValue("#replay-rego", stricter), chromedp.Click("#replay-run"),
 			chromedp.WaitVisible(`#replay-changes tbody tr td.mono`)); err != nil {
 			t.Fatalf("%v (%s)", err, pageText(ctx, "#replay-summary"))
+		}
+		rows, _ := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("#replay-changes tbody tr")].map(r => r.textContent)`))
+		if len(rows) != 1 || !strings.Contains(rows[0], "send_email") || !strings.Contains(rows[0], "not_permitted") {
+			t.Errorf("replay changes %q: want exactly the worked example's send_email, now denied not_permitted", rows)
 		}
 		summary, _ := chromedp.Run(ctx, chromedp.Text("#replay-summary"))
 		if !strings.Contains(summary, "would change") {
@@ -272,6 +285,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	})
 
 	t.Run("evidence and declaration", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bctx, 40*time.Second)
+		defer cancel()
 		if err := chromedp.Do(ctx, chromedp.Navigate(w.http+"/evidence"), chromedp.WaitVisible(`#controls tbody tr td.mono`)); err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi/dashboard"
 	"github.com/aisecops/aisecops-envoy/extauthz/suite"
+	"github.com/aisecops/aisecops-envoy/policies"
 )
 
 // newDashboard wires the governance dashboard to the authz side: the audit
@@ -45,6 +47,12 @@ func newDashboard(ctx context.Context, o *options, a *authz, auth *httpapi.Auth,
 	return dashboard.New(dashboard.Config{
 		Auth: auth, Sessions: sessions, Index: index, Approvals: a.store, DeclarationKey: key, Logger: log,
 		Versions: func() (string, string) { return a.engine.Version(), a.dir.Version() },
+		PolicyFiles: func() (map[string]string, error) {
+			if o.policies != "" {
+				return dashboard.ReadPolicyFiles(os.DirFS(o.policies))
+			}
+			return dashboard.ReadPolicyFiles(policies.FS())
+		},
 		Thresholds: func(agent string) (float64, float64, bool) {
 			ag, ok := a.dir.Agent(agent)
 			return ag.Thresholds.Approval, ag.Thresholds.Halt, ok

@@ -49,6 +49,9 @@ type Config struct {
 	DeclarationKey *DeclarationKey
 	// Versions are the active policy bundle and routes versions.
 	Versions func() (policy, routes string)
+	// PolicyFiles are the active policy bundle's source files (name →
+	// content; nil: not offered), which the replay form edits into a candidate.
+	PolicyFiles func() (map[string]string, error)
 	// Thresholds are an agent's approval and halt thresholds.
 	Thresholds func(agent string) (approval, halt float64, ok bool)
 	Logger     *slog.Logger
@@ -115,6 +118,7 @@ func (d *Dashboard) Routes() []httpapi.Route {
 		{Pattern: "GET /v1/overview/agents/{id}", Role: op, Handler: http.HandlerFunc(d.agent)},
 		{Pattern: "GET /v1/overview/held/{decision}", Role: op, Handler: http.HandlerFunc(d.held)},
 		{Pattern: "GET /v1/policy/status", Role: op, Handler: http.HandlerFunc(d.policyStatus)},
+		{Pattern: "GET /v1/policy/files", Role: op, Handler: http.HandlerFunc(d.policyFiles)},
 		{Pattern: "GET /v1/maturity", Role: op, Handler: http.HandlerFunc(d.maturity)},
 		{Pattern: "GET /v1/declaration", Role: op, Handler: d.declaration(false)},
 		{Pattern: "GET /v1/declaration/key", Role: op, Handler: http.HandlerFunc(d.declarationKey)},
@@ -368,6 +372,49 @@ func (d *Dashboard) policyStatus(w http.ResponseWriter, _ *http.Request) {
 		hist[i], hist[j] = hist[j], hist[i]
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"policy_version": pol, "routes_version": routes, "history": hist})
+}
+
+// policyFiles: GET /v1/policy/files: the active bundle's files, the
+// starting point of a candidate for the replay diff.
+func (d *Dashboard) policyFiles(w http.ResponseWriter, _ *http.Request) {
+	if d.cfg.PolicyFiles == nil {
+		httpapi.WriteError(w, http.StatusNotFound, "not_found", "policy files not offered")
+		return
+	}
+	files, err := d.cfg.PolicyFiles()
+	if err != nil {
+		d.cfg.Logger.Warn("dashboard: policy files unreadable", "err", err)
+		httpapi.WriteError(w, http.StatusServiceUnavailable, "unavailable", "the policy files could not be read")
+		return
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"files": files})
+}
+
+// ReadPolicyFiles reads a bundle's top-level *.rego files (tests left out)
+// and data.json from fsys: at most 64 files and 768 KiB, so a candidate made
+// from them fits a replay request.
+func ReadPolicyFiles(fsys fs.FS) (map[string]string, error) {
+	entries, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		return nil, err
+	}
+	out, total := map[string]string{}, 0
+	for _, e := range entries {
+		n := e.Name()
+		if e.IsDir() || strings.HasSuffix(n, "_test.rego") || !(strings.HasSuffix(n, ".rego") || n == "data.json") {
+			continue
+		}
+		b, err := fs.ReadFile(fsys, n)
+		if err != nil {
+			return nil, err
+		}
+		total += len(b)
+		if len(out) >= 64 || total > 768<<10 {
+			return nil, errors.New("policy bundle too large to offer for editing")
+		}
+		out[n] = string(b)
+	}
+	return out, nil
 }
 
 // evaluate is the maturity evaluation of the window ending now, cached for

@@ -736,3 +736,26 @@ func TestHeldCallRecord(t *testing.T) {
 		t.Errorf("unknown decision: %d", resp.Code)
 	}
 }
+
+// TestVersionHistory: the first policy seen and every change of it, and a
+// tool's route changing, are history; tools with different route versions
+// side by side are not.
+func TestVersionHistory(t *testing.T) {
+	w := newWorld(t, SessionOptions{})
+	rec := func(s int, tool, pol, route string) string {
+		b, _ := json.Marshal(map[string]any{"ts": t0.Add(time.Duration(s) * time.Second), "run_id": "r", "agent_id": "a", "tool": tool,
+			"decision": "allow", "policy_version": pol, "route_version": route})
+		return string(b)
+	}
+	w.write(t, rec(1, "db.read", "v1", "r-a"), rec(2, "send_email", "v1", "r-b"), rec(3, "db.read", "v1", "r-a"),
+		rec(4, "db.read", "v2", "r-a2"), rec(5, "send_email", "v2", "r-b"))
+	_ = w.index.Refresh()
+	var got []string
+	for _, v := range w.index.Versions() {
+		got = append(got, v.Kind+" "+v.From+"→"+v.Version)
+	}
+	want := []string{"policy →v1", "policy v1→v2", "route db.read r-a→r-a2"}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Errorf("history %q, want %q", got, want)
+	}
+}

@@ -40,8 +40,10 @@ type Index struct {
 	versions  []VersionChange
 	lastPol   string
 	lastRoute string
-	records   int64 // lines read, all kinds
-	bad       int64 // lines that did not parse
+	// toolRoutes is each tool's last route version seen on a Check.
+	toolRoutes map[string]string
+	records    int64 // lines read, all kinds
+	bad        int64 // lines that did not parse
 }
 
 // IndexOptions bound the index.
@@ -73,7 +75,7 @@ func (o IndexOptions) withDefaults() IndexOptions {
 // VersionChange is one policy or routes version taking effect.
 type VersionChange struct {
 	TS      time.Time `json:"ts"`
-	Kind    string    `json:"kind"` // "policy" or "routes"
+	Kind    string    `json:"kind"` // "policy", "routes" (a reload event) or "route <tool>"
 	Version string    `json:"version"`
 	From    string    `json:"from,omitempty"`
 	// Source says where the change was seen: the service's own event record
@@ -141,7 +143,7 @@ func (in *interner) str(id uint32) string { return in.strs[id] }
 
 // NewIndex indexes the audit log at path (which may not exist yet).
 func NewIndex(path string, o IndexOptions) *Index {
-	return &Index{path: path, opts: o.withDefaults(), requested: map[string]int64{}, held: map[string]HeldCall{}}
+	return &Index{path: path, opts: o.withDefaults(), requested: map[string]int64{}, held: map[string]HeldCall{}, toolRoutes: map[string]string{}}
 }
 
 // line is the part of an audit record the index reads.
@@ -280,8 +282,15 @@ func (x *Index) add(b []byte) {
 	if l.PolicyVersion != "" && l.PolicyVersion != x.lastPol {
 		x.version(l.TS, "policy", l.PolicyVersion, x.lastPol, "check")
 	}
-	if l.RouteVersion != "" && l.RouteVersion != x.lastRoute {
-		x.version(l.TS, "routes", l.RouteVersion, x.lastRoute, "check")
+	// A Check's route_version is its tool's route: a change of it is a
+	// reload that changed that tool (its first sighting is not a change).
+	if prev, seen := x.toolRoutes[l.Tool]; l.RouteVersion != "" && prev != l.RouteVersion {
+		if len(x.toolRoutes) < maxTools {
+			x.toolRoutes[l.Tool] = l.RouteVersion
+		}
+		if seen {
+			x.appendVersion(VersionChange{TS: l.TS.UTC(), Kind: "route " + l.Tool, Version: l.RouteVersion, From: prev, Source: "check"})
+		}
 	}
 	e := event{ts: ts, run: x.strs.id(l.AgentID + "\x00" + l.RunID), agent: x.strs.id(l.AgentID), tool: x.strs.id(l.Tool),
 		decision: x.strs.id(l.Decision), step: float32(l.StepRisk.Step), cum: float32(l.CumulativeRisk)}
@@ -391,6 +400,9 @@ func (x *Index) Held(id string) (HeldCall, bool) {
 	return h, ok
 }
 
+// maxTools bounds the tools whose route versions are followed.
+const maxTools = 10_000
+
 // maxPendingTracked bounds the approvals waiting for their decision record.
 const maxPendingTracked = 100_000
 
@@ -406,7 +418,11 @@ func (x *Index) version(ts time.Time, kind, v, from, source string) {
 		}
 		x.lastRoute = v
 	}
-	x.versions = append(x.versions, VersionChange{TS: ts.UTC(), Kind: kind, Version: v, From: from, Source: source})
+	x.appendVersion(VersionChange{TS: ts.UTC(), Kind: kind, Version: v, From: from, Source: source})
+}
+
+func (x *Index) appendVersion(v VersionChange) {
+	x.versions = append(x.versions, v)
 	if len(x.versions) > 1000 {
 		x.versions = x.versions[len(x.versions)-1000:]
 	}

@@ -476,9 +476,32 @@
         el("td", { class: "mono", text: h.version }), el("td", { class: "mono", text: h.from || "–" }),
         el("td", { text: h.source === "event" ? "reload event" : "first Check under it" }))), "no versions recorded yet", 5);
     };
+    // The candidate bundle: the active bundle's files, with the edits made here.
+    const files = {};
+    const original = {};
+    let current = "";
+    const sel = $("replay-file"), text = $("replay-rego");
+    const edited = () => Object.keys(files).filter(n => files[n] !== original[n]);
+    const showEdited = () => { const e = edited(); $("replay-edited").textContent = e.length ? "edited: " + e.join(", ") : "no edits: the candidate is the active bundle"; };
+    const pick = name => { if (current) files[current] = text.value; current = name; sel.value = name; text.value = files[name] || ""; showEdited(); };
+    const addOption = name => sel.appendChild(el("option", { value: name, text: name }));
+    text.addEventListener("input", () => { files[current] = text.value; showEdited(); });
+    sel.addEventListener("change", () => pick(sel.value));
+    $("replay-add").addEventListener("click", () => {
+      const name = $("replay-new").value.trim();
+      if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.rego$/.test(name)) { status("⚠ A module name ends in .rego (letters, digits, _ . -).", "bad"); return; }
+      if (!(name in files)) { files[name] = "package aisecops.authz\n\nimport rego.v1\n\n"; original[name] = undefined; addOption(name); }
+      pick(name);
+    });
+    api("/v1/policy/files").then(d => {
+      Object.keys(d.files || {}).sort().forEach(n => { files[n] = original[n] = d.files[n]; addOption(n); });
+      const first = Object.keys(files).sort()[0];
+      if (first) pick(first);
+    }).catch(e => status("⚠ policy files: " + e.message, "bad"));
     $("replay-form").addEventListener("submit", async ev => {
       ev.preventDefault();
-      const body = { policies: { [$("replay-name").value.trim() || "candidate.rego"]: $("replay-rego").value } };
+      if (current) files[current] = text.value;
+      const body = { policies: { ...files } };
       if ($("replay-from").value) body.from = new Date($("replay-from").value).toISOString();
       if ($("replay-to").value) body.to = new Date($("replay-to").value).toISOString();
       $("replay-run").disabled = true;
