@@ -208,11 +208,11 @@
     steps.forEach(s => { if (!seen.has(s.id)) ordered.push(s); });
     steps = ordered;
     const tools = nodes.filter(n => n.kind === "tool"), sources = nodes.filter(n => n.kind === "source"), runs = nodes.filter(n => n.kind === "run");
-    const SW = 130, W = Math.max(560, 160 + steps.length * SW, 160 + Math.max(tools.length, sources.length) * SW), H = 330;
+    const SW = 175, W = Math.max(560, 200 + steps.length * SW, 200 + Math.max(tools.length, sources.length) * SW), H = 330;
     const pos = new Map();
-    runs.forEach((n, i) => pos.set(n.id, [70, 165 + i * 40]));
-    steps.forEach((n, i) => pos.set(n.id, [190 + i * SW, 165]));
-    const rowX = (list, y) => list.forEach((n, i) => pos.set(n.id, [190 + i * SW, y]));
+    runs.forEach((n, i) => pos.set(n.id, [85, 165 + i * 40]));
+    steps.forEach((n, i) => pos.set(n.id, [260 + i * SW, 165]));
+    const rowX = (list, y) => list.forEach((n, i) => pos.set(n.id, [260 + i * SW, y]));
     rowX(tools, 280);
     rowX(sources, 50);
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart graph", role: "img", "aria-label": "Execution graph of the run" });
@@ -230,12 +230,12 @@
     nodes.forEach(n => {
       const p = pos.get(n.id);
       if (!p) return;
-      const w = 118, h = 34;
+      const w = 155, h = 34;
       const gEl = svg("g", { class: "node " + n.kind, transform: `translate(${p[0] - w / 2},${p[1] - h / 2})` });
       gEl.appendChild(svg("rect", { width: w, height: h, rx: n.kind === "tool" ? 17 : 4 }));
       const icon = { step: "▶", tool: "⚙", source: "⬚", run: "◎" }[n.kind] || "•";
       const label = String(n.label || n.id);
-      gEl.appendChild(svg("text", { x: w / 2, y: 21, "text-anchor": "middle" }, icon + " " + (label.length > 16 ? label.slice(0, 15) + "…" : label)));
+      gEl.appendChild(svg("text", { x: w / 2, y: 21, "text-anchor": "middle" }, icon + " " + (label.length > 21 ? label.slice(0, 20) + "…" : label)));
       gEl.appendChild(svg("title", {}, `${n.kind}: ${label}`));
       root.appendChild(gEl);
     });
