@@ -256,7 +256,7 @@ var pages = []string{"/", "/runs", "/run?id=r1&agent=crm-agent", "/approvals", "
 
 var dataEndpoints = []struct{ method, path string }{
 	{"GET", "/v1/overview"}, {"GET", "/v1/overview?window=7d"}, {"GET", "/v1/overview/runs?tool=db.read"},
-	{"GET", "/v1/overview/agents/crm-agent"}, {"GET", "/v1/overview/held/d1"}, {"GET", "/v1/policy/status"}, {"GET", "/v1/maturity"},
+	{"GET", "/v1/overview/agents/crm-agent"}, {"GET", "/v1/overview/held/d1"}, {"GET", "/v1/policy/status"}, {"GET", "/v1/policy/files"}, {"GET", "/v1/maturity"},
 	{"GET", "/v1/declaration"}, {"GET", "/v1/declaration/key"}, {"POST", "/ui/export/declaration"}, {"POST", "/ui/export/evidence"},
 	{"GET", "/v1/approvals"}, {"GET", "/v1/runs"}, {"GET", "/v1/runs/r1/timeline"}, {"GET", "/v1/runs/r1/graph"}, {"GET", "/v1/evidence"},
 	{"POST", "/v1/approvals/apr_x/approve"},
@@ -757,5 +757,20 @@ func TestVersionHistory(t *testing.T) {
 	want := []string{"policy →v1", "policy v1→v2", "route db.read r-a→r-a2"}
 	if strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("history %q, want %q", got, want)
+	}
+}
+
+// TestIndexReadsLongRecords: a record with a large sealed body (longer than
+// the reader's buffer) is read whole, and the lines after it too.
+func TestIndexReadsLongRecords(t *testing.T) {
+	w := newWorld(t, SessionOptions{})
+	b, _ := json.Marshal(map[string]any{"ts": t0.Add(-time.Minute), "run_id": "big", "agent_id": "a", "tool": "db.write", "decision": "allow",
+		"sealed": map[string]string{"ct": strings.Repeat("A", 1<<20)}})
+	w.write(t, string(b), record(t0.Add(-time.Minute), "a", "small", "db.read", "allow", 0.1, 0.1, 1))
+	if err := w.index.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if o := w.index.Overview(time.Hour, "", t0, nil); o.Checks != 2 || o.Runs != 2 {
+		t.Fatalf("read %d Checks of %d runs, want 2 and 2", o.Checks, o.Runs)
 	}
 }

@@ -210,28 +210,32 @@ func (x *Index) Refresh() error {
 	}
 	r := bufio.NewReaderSize(f, 256<<10)
 	first := x.off > 0 && x.events == nil && x.records == 0
+	var long []byte // a line longer than the reader's buffer, gathered
 	for {
 		b, err := r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			// A line longer than the buffer: skip it whole.
-			n := int64(len(b))
-			for errors.Is(err, bufio.ErrBufferFull) {
-				b, err = r.ReadSlice('\n')
-				n += int64(len(b))
+			// Records with sealed bodies can be long (up to audit.MaxLineBytes):
+			// gather them; anything longer is not a record and is skipped.
+			if len(long) <= audit.MaxLineBytes {
+				long = append(long, b...)
 			}
-			if err != nil {
-				break
-			}
-			x.off += n
-			x.bad++
 			continue
 		}
 		if err != nil {
 			break // EOF: a partial last line waits for its end
 		}
-		x.off += int64(len(b))
+		n := int64(len(long) + len(b))
+		if long != nil {
+			b = append(long, b...)
+			long = nil
+		}
+		x.off += n
 		if first {
 			first = false // started mid-file: the first line is a fragment
+			continue
+		}
+		if len(b) > audit.MaxLineBytes+1 {
+			x.bad++
 			continue
 		}
 		x.add(bytes.TrimSpace(b))
