@@ -418,14 +418,14 @@ func ReadPolicyFiles(fsys fs.FS) (map[string]string, error) {
 }
 
 // evaluate is the maturity evaluation of the window ending now, cached for
-// a few seconds (it verifies the audit chain and runs the threat suite).
+// a minute (it verifies the whole audit chain and runs the threat suite).
 func (d *Dashboard) evaluate(ctx context.Context, win time.Duration) Maturity {
 	now := d.cfg.Clock()
 	_ = d.cfg.Index.Refresh()
 	key := win.String()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cached != nil && d.key == key && now.Sub(d.cached.EvaluatedAt) < 10*time.Second && !now.Before(d.cached.EvaluatedAt) {
+	if d.cached != nil && d.key == key && now.Sub(d.cached.EvaluatedAt) < time.Minute && !now.Before(d.cached.EvaluatedAt) {
 		return *d.cached
 	}
 	decided := 0

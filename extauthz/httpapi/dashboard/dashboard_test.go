@@ -680,7 +680,7 @@ func TestMaturityLevelFollowsEvidence(t *testing.T) {
 	w.dash.cfg.Evidence.ThreatSuite = func(context.Context) (SuiteFacts, error) {
 		return SuiteFacts{Passed: 12, Failed: 3, ClassesStopped: 3, Classes: 6}, nil
 	}
-	w.clock.Add(time.Minute) // past the evaluation cache
+	w.clock.Add(2 * time.Minute) // past the evaluation cache
 	m := w.dash.evaluate(context.Background(), 30*24*time.Hour)
 	if m.Level != 2 {
 		t.Errorf("with 3 of 6 threat classes stopped: level %d, want 2", m.Level)
