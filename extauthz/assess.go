@@ -24,9 +24,20 @@ type RunView struct {
 // loadRun: Principal → RunView, from this replica's cache when it holds the
 // run, else from the store. prior is set when the store has already committed
 // this very request (an Envoy retry).
-func loadRun(ctx context.Context, rs RunStore, cache *runCache, who *Principal, now time.Time) (RunView, *riskstore.Prior, error) {
+//
+// optimistic (a Check, which commits) decides a run this replica does not
+// hold as a new one, without reading it: most such runs are new, and this
+// makes their first step one store round trip. It is safe because the view
+// is marked Cached — so the commit is conditional on version 0 and a denial
+// is confirmed against the store — and a run that did exist comes back
+// Stale with its state, to be decided again. Explain and dry-run, which
+// commit nothing, read the store.
+func loadRun(ctx context.Context, rs RunStore, cache *runCache, who *Principal, now time.Time, optimistic bool) (RunView, *riskstore.Prior, error) {
 	if st, ok := cache.get(who.Run, now); ok {
 		return RunView{State: st, Cached: true}, nil, nil
+	}
+	if optimistic {
+		return RunView{State: riskstore.State{Run: who.Run}, Cached: true}, nil, nil
 	}
 	return readRun(ctx, rs, cache, who, now)
 }

@@ -90,6 +90,7 @@ func (s *Server) confirm(ctx context.Context, o *outcome) (moved bool, _ *reason
 	if err != nil {
 		return false, s.storeFault("load", o.who.Run, err, "run state unavailable")
 	}
+	rv.Links = o.run.Links
 	o.run = rv
 	if prior != nil {
 		o.retried(prior)
@@ -190,9 +191,12 @@ func (o *outcome) settle(res riskstore.CommitResult) (again bool, _ *reason.Erro
 		o.retried(res.Prior)
 		return false, nil
 	case riskstore.Stale:
-		// Another replica moved the run: decide again on the state the store
-		// returned, without reading it again.
-		o.run = RunView{State: res.State}
+		// Another replica moved the run (or it was not new): decide again on
+		// the state the store returned, without reading it again. The linked
+		// runs stay. A stale commit does not touch the run, so the view is
+		// Cached: a denial is confirmed with a Load, which keeps the run alive
+		// as reading it always has (an exhausted run must not expire).
+		o.run = RunView{State: res.State, Links: o.run.Links, Cached: true}
 		return true, nil
 	case riskstore.Refused:
 		a.Exceeded = res.Limit

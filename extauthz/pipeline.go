@@ -145,7 +145,7 @@ func (s *Server) run(ctx context.Context, o *outcome, req *envoy_service_auth_v3
 	if o.stage("egress", err) {
 		return
 	}
-	rv, prior, lerr := loadRun(ctx, s.cfg.Store, s.runs, who, o.now)
+	rv, prior, lerr := loadRun(ctx, s.cfg.Store, s.runs, who, o.now, !o.dry)
 	o.run = rv
 	if lerr != nil {
 		err = s.storeFault("load", who.Run, lerr, "run state unavailable")

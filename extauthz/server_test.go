@@ -489,6 +489,10 @@ func (brokenStore) Load(context.Context, riskstore.RunRef, string) (riskstore.St
 	return riskstore.State{}, errors.New("dial tcp: connection refused")
 }
 
+func (brokenStore) Commit(context.Context, riskstore.RunRef, riskstore.Step, riskstore.Limits, time.Duration) (riskstore.CommitResult, error) {
+	return riskstore.CommitResult{}, errors.New("dial tcp: connection refused")
+}
+
 func TestStoreDownDenies503(t *testing.T) {
 	e := newEnv(t, func(c *extauthz.Config) { c.Store = brokenStore{} })
 	res := e.check(t, e.call(t, "demo-agent", "db.read", "run-down", ""))

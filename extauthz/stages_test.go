@@ -373,6 +373,19 @@ func TestStageSettle(t *testing.T) {
 	}
 }
 
+// TestStageSettleStaleKeepsLinks: deciding again after a stale commit keeps
+// the runs the call's context came from, so their risk stays in the chain
+// total (it was dropped once), and confirms a denial with a read.
+func TestStageSettleStaleKeepsLinks(t *testing.T) {
+	links := []Link{{Run: riskstore.RunRef{Agent: "research-agent", ID: "r1"}, Risk: 0.9}}
+	o := &outcome{id: "d", assessment: &Assessment{}, run: RunView{Links: links}}
+	fresh := riskstore.State{Version: 4, RiskTotal: 0.5}
+	again, err := o.settle(riskstore.CommitResult{Outcome: riskstore.Stale, State: fresh})
+	if !again || err != nil || len(o.run.Links) != 1 || o.run.State.Version != 4 || !o.run.Cached {
+		t.Fatalf("again %v err %v run %+v", again, err, o.run)
+	}
+}
+
 // onceStore is a nonce store in a map of owners.
 type onceStore map[string]string
 

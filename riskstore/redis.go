@@ -99,10 +99,11 @@ const (
 // owner's lifetime is refused (RunOwned) if another agent claims its id
 // meanwhile, which fails closed.
 type Redis struct {
-	client  redis.UniversalClient
-	cluster *redis.ClusterClient // nil on a single node
-	prefix  string
-	now     func() time.Time
+	cluster    *redis.ClusterClient // nil on a single node
+	nodeClient atomic.Pointer[redis.Client]
+	node       *node // single node: options, hooks, the reviving watcher (redis_revive.go)
+	prefix     string
+	now        func() time.Time
 
 	// anonPrefix and anonSeq name steps committed without a request id, so that
 	// a go-redis retry of such a Commit (same arguments) still cannot debit twice.
@@ -189,7 +190,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 			o.PoolSize = opts.PoolSize
 		}
 		o.MaintNotificationsConfig = disabled
-		r.client = redis.NewClient(o)
+		r.startNode(o)
 		return r, nil
 	}
 	co := &redis.ClusterOptions{
@@ -215,7 +216,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		MaintNotificationsConfig: disabled,
 	}
 	cc := redis.NewClusterClient(co)
-	r.client, r.cluster = cc, cc
+	r.cluster = cc
 	return r, nil
 }
 
@@ -231,12 +232,26 @@ func redactURLError(err error) error {
 // Close writes the queued step records, then releases the connections.
 func (r *Redis) Close() error {
 	r.flushLog()
-	return r.client.Close()
+	if r.cluster != nil {
+		return r.cluster.Close()
+	}
+	close(r.node.stop)
+	r.node.wg.Wait()
+	return r.nodeClient.Load().Close()
 }
 
 // AddHook attaches a go-redis hook (instrumentation: counting round trips,
 // tracing). It must be called before the store is used.
-func (r *Redis) AddHook(h redis.Hook) { r.client.AddHook(h) }
+func (r *Redis) AddHook(h redis.Hook) {
+	if r.cluster != nil {
+		r.cluster.AddHook(h)
+		return
+	}
+	r.node.mu.Lock()
+	defer r.node.mu.Unlock()
+	r.node.hooks = append(r.node.hooks, h)
+	r.nodeClient.Load().AddHook(h)
+}
 
 // Ping reports whether Redis answers (every master, on a cluster); for /readyz.
 func (r *Redis) Ping(ctx context.Context) error {
@@ -246,7 +261,7 @@ func (r *Redis) Ping(ctx context.Context) error {
 			return c.Ping(ctx).Err()
 		})
 	} else {
-		err = r.client.Ping(ctx).Err()
+		err = r.c().Ping(ctx).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("riskstore: ping redis: %w", err)
@@ -433,7 +448,7 @@ func (r *Redis) commitArgs(ref RunRef, step Step, limits Limits, ttl time.Durati
 }
 
 func (r *Redis) runCommit(ctx context.Context, ref RunRef, keys []string, args []any) (runReply, error) {
-	raw, err := commitScript.Run(ctx, r.client, keys, args...).Slice()
+	raw, err := commitScript.Run(ctx, r.c(), keys, args...).Slice()
 	if err != nil {
 		return runReply{}, fmt.Errorf("riskstore: commit run %q: %w", truncate(ref.ID), err)
 	}
@@ -458,7 +473,7 @@ func (r *Redis) Load(ctx context.Context, ref RunRef, requestID string) (State, 
 	if r.cluster != nil {
 		node = "0"
 	}
-	raw, err := loadScript.Run(ctx, r.client, r.keys(r.runKeys(ref)), field, node, ref.Agent).Slice()
+	raw, err := loadScript.Run(ctx, r.c(), r.keys(r.runKeys(ref)), field, node, ref.Agent).Slice()
 	if err != nil {
 		return State{}, fmt.Errorf("riskstore: load run %q: %w", truncate(ref.ID), err)
 	}
@@ -498,7 +513,7 @@ const (
 // ownerCall runs op on a run id's owner key and returns the owner ("" if none)
 // and, when it is the agent and op is not a get, its remaining lifetime in ms.
 func (r *Redis) ownerCall(ctx context.Context, key, op, agent string, ttl time.Duration) (string, int64, error) {
-	res, err := ownerScript.Run(ctx, r.client, []string{key}, op, agent, max(ttl.Milliseconds(), 1)).Slice()
+	res, err := ownerScript.Run(ctx, r.c(), []string{key}, op, agent, max(ttl.Milliseconds(), 1)).Slice()
 	if err != nil {
 		return "", 0, err
 	}

@@ -43,7 +43,7 @@ func (r *Redis) CreateApproval(ctx context.Context, a Approval, ttl time.Duratio
 	}
 	now := r.now()
 	lim := r.approvalLimits.withDefaults()
-	res, err := approvalCreateScript.Run(ctx, r.client, r.approvalKeys(),
+	res, err := approvalCreateScript.Run(ctx, r.c(), r.approvalKeys(),
 		a.ID, body, a.Status, ms(now), ms(now.Add(ttl)), max(ttl.Milliseconds(), 1),
 		a.AgentID, a.RunID, lim.PerRun, lim.PerAgent).Text()
 	if err != nil {
@@ -60,7 +60,7 @@ func (r *Redis) CreateApproval(ctx context.Context, a Approval, ttl time.Duratio
 
 // GetApproval implements Approvals.
 func (r *Redis) GetApproval(ctx context.Context, id string) (Approval, error) {
-	res, err := approvalGetScript.Run(ctx, r.client, r.approvalKeys(), id, ms(r.now())).StringSlice()
+	res, err := approvalGetScript.Run(ctx, r.c(), r.approvalKeys(), id, ms(r.now())).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return Approval{}, ErrNotFound
 	}
@@ -75,7 +75,7 @@ func (r *Redis) GetApproval(ctx context.Context, id string) (Approval, error) {
 
 // ListApprovals implements Approvals; status "" lists all, newest first.
 func (r *Redis) ListApprovals(ctx context.Context, status string) ([]Approval, error) {
-	res, err := approvalListScript.Run(ctx, r.client, r.approvalKeys(), ms(r.now())).StringSlice()
+	res, err := approvalListScript.Run(ctx, r.c(), r.approvalKeys(), ms(r.now())).StringSlice()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("riskstore: list approvals: %w", err)
 	}
@@ -112,7 +112,7 @@ func (r *Redis) DecideApproval(ctx context.Context, id string, approve bool, by,
 	if err != nil {
 		return Approval{}, fmt.Errorf("riskstore: decide approval %s: %w", id, err)
 	}
-	res, err := approvalDecideScript.Run(ctx, r.client, r.approvalKeys(), id, ms(r.now()), status, dec).StringSlice()
+	res, err := approvalDecideScript.Run(ctx, r.c(), r.approvalKeys(), id, ms(r.now()), status, dec).StringSlice()
 	if err != nil {
 		return Approval{}, fmt.Errorf("riskstore: decide approval %s: %w", id, err)
 	}
@@ -124,7 +124,7 @@ func (r *Redis) ConsumeApproval(ctx context.Context, id, binding string) (Approv
 	if err := r.durability.refuse(); err != nil {
 		return Approval{}, err
 	}
-	res, err := approvalConsumeScript.Run(ctx, r.client, r.approvalKeys(), id, ms(r.now()), binding).StringSlice()
+	res, err := approvalConsumeScript.Run(ctx, r.c(), r.approvalKeys(), id, ms(r.now()), binding).StringSlice()
 	if err != nil {
 		return Approval{}, fmt.Errorf("riskstore: consume approval %s: %w", id, err)
 	}
@@ -189,7 +189,7 @@ func (r *Redis) UseOnce(ctx context.Context, id, owner string, ttl time.Duration
 		return true, nil
 	}
 	key := r.prefix + ":jti:" + requestField(id)
-	first, err := useOnceScript.Run(ctx, r.client, []string{key}, owner, max(ttl, time.Millisecond).Milliseconds()).Int()
+	first, err := useOnceScript.Run(ctx, r.c(), []string{key}, owner, max(ttl, time.Millisecond).Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("riskstore: use token id once: %w", err)
 	}

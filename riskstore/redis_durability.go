@@ -68,7 +68,7 @@ func (r *Redis) Durable(ctx context.Context) (bool, error) {
 			return err
 		})
 	} else {
-		durable, err = check(ctx, r.client.(*redis.Client))
+		durable, err = check(ctx, r.nodeClient.Load())
 	}
 	if err != nil {
 		return false, fmt.Errorf("riskstore: redis persistence: %w", err)

@@ -114,7 +114,7 @@ func countedStore(t *testing.T, cluster bool) (*Redis, *cmdCounter) {
 	if cluster {
 		err = r.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return load(ctx, c) })
 	} else {
-		err = load(ctx, r.client)
+		err = load(ctx, r.c())
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -959,4 +959,43 @@ func newStallingProxy(t *testing.T, upstream string, marker []byte, stall time.D
 		}
 	}()
 	return p
+}
+
+// TestRedisRevivesAfterOutage: after Redis is killed — long enough for
+// go-redis to stop dialing and fall back to its once-a-second probe — and
+// restarted, the store serves again: its watcher finds Redis answering and
+// swaps in a fresh client instead of waiting for that probe. (How soon is
+// measured by the soak, `make soak`: allows resume after Redis answers.)
+func TestRedisRevivesAfterOutage(t *testing.T) {
+	t.Parallel()
+	srv := redistest.StartServer(t)
+	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr(), OpTimeout: 200 * time.Millisecond, PoolSize: 2, MaxRetries: -1})
+	ctx := context.Background()
+	run := RunRef{Agent: "a", ID: "revive"}
+	if _, err := r.Commit(ctx, run, st("r1", 0), Limits{}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	for i := range 10 { // more failed dials than the pool size: go-redis stops dialing
+		if _, err := r.Commit(ctx, run, st(fmt.Sprintf("down%d", i), 0), Limits{}, time.Hour); err == nil {
+			t.Fatal("a commit succeeded with Redis down")
+		}
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := r.Commit(ctx, RunRef{Agent: "a", ID: "after"}, st("up", 0), Limits{}, time.Hour)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the store did not serve again after Redis came back: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.node.mu.Lock()
+	t.Logf("clients swapped: %d", r.node.swaps)
+	r.node.mu.Unlock()
 }

@@ -141,7 +141,7 @@ func (r *Redis) drainLog() {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, e := range batch {
 				k := r.logKey(e.run)
 				p.XAdd(ctx, &redis.XAddArgs{Stream: k, MaxLen: MaxLogSteps, Approx: true, Values: []any{"r", e.record}})
@@ -158,7 +158,7 @@ func (r *Redis) drainLog() {
 
 // Steps implements StepLog.
 func (r *Redis) Steps(ctx context.Context, run RunRef) ([][]byte, error) {
-	msgs, err := r.client.XRange(ctx, r.logKey(run), "-", "+").Result()
+	msgs, err := r.c().XRange(ctx, r.logKey(run), "-", "+").Result()
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, authz, xdsPl
 	if err := o.checkListeners(authz, xdsPlane, log); err != nil {
 		return err
 	}
+	tuneGC(log)
 	if err := os.MkdirAll(o.home, 0o700); err != nil {
 		return fmt.Errorf("home %s: %w", o.home, err)
 	}
@@ -585,4 +587,19 @@ func mergeWarnings(ms ...map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// defaultGCPercent is the garbage collector's target when GOGC is not set.
+// A Check allocates ~45 KB that dies within it and the live heap is small
+// (caches of bounded size), so collecting at 4× the live heap instead of 2×
+// halves the collector's share of CPU (≈10% of a Check under load at the
+// default) for a few tens of MB. GOGC and GOMEMLIMIT, when set, win.
+const defaultGCPercent = 400
+
+func tuneGC(log *slog.Logger) {
+	if _, set := os.LookupEnv("GOGC"); set {
+		return
+	}
+	debug.SetGCPercent(defaultGCPercent)
+	log.Debug("garbage collector target", "gogc", defaultGCPercent)
 }
