@@ -32,8 +32,10 @@ func cpuNow() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// TestOneRoundTripPerCheck: once a replica knows a run, an allowed Check costs
-// exactly one Redis round trip (the versioned commit) and a denied one none.
+// TestOneRoundTripPerCheck: an allowed Check costs exactly one Redis round
+// trip, the versioned commit — a run's first step included (it is decided as
+// new and the commit's version check would find out otherwise), and a
+// single-use token's spend included (it is spent inside the commit).
 // (The run's shared step log is written off the Check's path, in pipelined
 // batches by a background writer: it is left out here.)
 func TestOneRoundTripPerCheck(t *testing.T) {
@@ -41,17 +43,38 @@ func TestOneRoundTripPerCheck(t *testing.T) {
 	var rt roundTrips
 	store.AddHook(&rt)
 	e := newEnv(t, withStore(store), func(c *extauthz.Config) { c.StepLog = nil })
-	if res := e.check(t, e.call(t, "demo-agent", "db.read", "run-rtt", "")); !res.allowed { // first sight: load + commit
-		t.Fatal(res.body)
+	// Warm up: the first calls load the scripts into Redis (NOSCRIPT, EVAL).
+	for _, tool := range []string{"db.read", "db.write"} {
+		if res := e.check(t, e.call(t, "demo-agent", tool, "run-warm", "")); !res.allowed {
+			t.Fatal(res.body)
+		}
 	}
-	for i := range 5 {
+	calls := []struct{ tool, run string }{
+		{"db.read", "run-rtt"}, // a new run
+		{"db.read", "run-rtt"},
+		{"db.write", "run-rtt"}, // a single-use token
+		{"db.read", "run-rtt"},
+		{"db.write", "run-rtt-2"}, // both: a new run and a single-use token
+	}
+	for i, c := range calls {
 		before := rt.n.Load()
-		if res := e.check(t, e.call(t, "demo-agent", "db.read", "run-rtt", fmt.Sprintf(`{"i":%d}`, i))); !res.allowed {
+		if res := e.check(t, e.call(t, "demo-agent", c.tool, c.run, fmt.Sprintf(`{"i":%d}`, i))); !res.allowed {
 			t.Fatal(res.body)
 		}
 		if got := rt.n.Load() - before; got != 1 {
-			t.Fatalf("allowed Check %d used %d round trips, want 1", i, got)
+			t.Fatalf("allowed Check %d (%s on %s) used %d round trips, want 1", i, c.tool, c.run, got)
 		}
+	}
+	// The write's token was spent: replaying it is refused.
+	r := e.call(t, "demo-agent", "db.write", "run-rtt", `{"i":99}`)
+	tok := r.headers["authorization"]
+	if res := e.check(t, r); !res.allowed {
+		t.Fatal(res.body)
+	}
+	r = e.call(t, "demo-agent", "db.write", "run-rtt", `{"i":100}`)
+	r.headers["authorization"] = tok
+	if res := e.check(t, r); res.allowed || res.code() != "token_replayed" {
+		t.Fatalf("a spent single-use token: allowed=%v code=%s", res.allowed, res.code())
 	}
 }
 

@@ -53,7 +53,11 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 	if o.assessment.Protocol {
 		return false, nil // protocol traffic: no token spent, no step recorded
 	}
-	if !o.receipt.JTISpent && mustSpend(o.who.Claims, o.verdict.Obligations) {
+	spend := !o.receipt.JTISpent && mustSpend(o.who.Claims, o.verdict.Obligations)
+	// A store that commits nonces spends the token in the commit itself (one
+	// round trip); otherwise it is spent first.
+	inCommit := spend && s.commitsNonces
+	if spend && !inCommit {
 		if err := spendToken(ctx, s.cfg.Nonces, o.who.Claims, o.id, o.now); err != nil {
 			if err.Code == reason.StoreUnavailable {
 				s.metrics.storeErrors.WithLabelValues("nonce").Inc()
@@ -79,7 +83,7 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 		}
 		o.receipt.ApprovalUsed = true
 	}
-	return s.commit(ctx, o, last)
+	return s.commit(ctx, o, last, inCommit)
 }
 
 // confirm re-reads a run whose cached state led to a denial: a moved version
@@ -124,8 +128,7 @@ func mustSpend(c *capability.Claims, obligations map[string]any) bool {
 
 // spendToken records the token's jti as used until it expires.
 func spendToken(ctx context.Context, n NonceStore, c *capability.Claims, decisionID string, now time.Time) *reason.Error {
-	ttl := max(c.ExpiresAt.Sub(now)+time.Minute, time.Minute)
-	first, err := n.UseOnce(ctx, "jti:"+c.ID, decisionID, ttl)
+	first, err := n.UseOnce(ctx, "jti:"+c.ID, decisionID, tokenSpendTTL(c, now))
 	if err != nil {
 		return reason.Wrap(reason.StoreUnavailable, err, "token store unavailable")
 	}
@@ -133,6 +136,12 @@ func spendToken(ctx context.Context, n NonceStore, c *capability.Claims, decisio
 		return reason.New(reason.TokenReplayed, "this single-use token was used before")
 	}
 	return nil
+}
+
+// tokenSpendTTL is how long a spent jti is remembered: past the token's
+// expiry, after which the verifier refuses it anyway.
+func tokenSpendTTL(c *capability.Claims, now time.Time) time.Duration {
+	return max(c.ExpiresAt.Sub(now)+time.Minute, time.Minute)
 }
 
 // consumeApproval marks the approval used, atomically and only for binding.
@@ -149,11 +158,17 @@ func consumeApproval(ctx context.Context, st ApprovalStore, id, binding string) 
 
 // commit records the allowed step. It reports whether the Check must decide
 // again (the run moved under it).
-func (s *Server) commit(ctx context.Context, o *outcome, last bool) (again bool, _ *reason.Error) {
+//
+// spend: the store spends the single-use token within the commit
+// (riskstore.NonceCommitter); a token another call spent is token_replayed.
+func (s *Server) commit(ctx context.Context, o *outcome, last, spend bool) (bool, *reason.Error) {
 	a, run := o.assessment, o.who.Run
 	step := a.Step
 	if last {
 		step.ExpectVersion = riskstore.AnyVersion
+	}
+	if spend {
+		step.Nonce, step.NonceOwner, step.NonceTTL = "jti:"+o.who.Claims.ID, o.id, tokenSpendTTL(o.who.Claims, o.now)
 	}
 	res, err := s.cfg.Store.Commit(ctx, run, step, a.Limits, a.TTL)
 	if err != nil && step.RequestID != "" && ctx.Err() == nil {
@@ -168,7 +183,22 @@ func (s *Server) commit(ctx context.Context, o *outcome, last bool) (again bool,
 		return false, s.storeFault("commit", run, err, "run state unavailable")
 	}
 	s.runs.put(run, res.State, o.now)
-	return o.settle(res)
+	if res.Outcome == riskstore.Replayed {
+		if o.who.IdemKey != "" {
+			// Envoy retrying a call this token already made is answered as
+			// the first time, not as a replay.
+			if _, prior, rerr := readRun(ctx, s.cfg.Store, s.runs, o.who, o.now); rerr == nil && prior != nil {
+				o.retried(prior)
+				return false, nil
+			}
+		}
+		return false, reason.New(reason.TokenReplayed, "this single-use token was used before")
+	}
+	again, rerr := o.settle(res)
+	if spend && o.receipt.Committed {
+		o.receipt.JTISpent = true
+	}
+	return again, rerr
 }
 
 // settle records a commit's result in the outcome: a receipt, a re-decision

@@ -146,6 +146,9 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	runs    *runCache // nil when disabled
+	// commitsNonces: the run store spends single-use tokens within the
+	// commit (riskstore.NonceCommitter), so Nonces is not asked.
+	commitsNonces bool
 }
 
 var _ envoy_service_auth_v3.AuthorizationServer = (*Server)(nil)
@@ -192,6 +195,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.RunCacheIdle = 30 * time.Second
 	}
 	srv := &Server{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer)}
+	// Only when the run store is the nonce store: a token must be spent in
+	// one place.
+	if nc, ok := cfg.Store.(riskstore.NonceCommitter); ok && any(cfg.Store) == any(cfg.Nonces) {
+		srv.commitsNonces = nc.CommitsNonces()
+	}
 	if cfg.RunCacheSize > 0 {
 		srv.runs = newRunCache(cfg.RunCacheSize, cfg.RunCacheIdle)
 	}

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -671,5 +673,37 @@ func TestMCPApprovalSurvivesANewRequestID(t *testing.T) {
 	}
 	if res := call(3, first.body.ApprovalID); res.allowed {
 		t.Fatal("the approval was used twice")
+	}
+}
+
+// TestSingleUseTokenRacedOnce: one single-use token sent at once by 16
+// callers, on different runs and two replicas sharing the store, is allowed
+// exactly once (it is spent inside the commit, atomically with the step).
+func TestSingleUseTokenRacedOnce(t *testing.T) { forEachStore(t, testSingleUseTokenRacedOnce) }
+
+func testSingleUseTokenRacedOnce(t *testing.T, store envOption) {
+	a := newEnv(t, store)
+	b := newEnv(t, sharing(a))
+	tok := "Bearer " + a.token(t, "demo-agent", "db.read", withSingleUse())
+	var allowed atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 16 {
+		e := a
+		if i%2 == 1 {
+			e = b
+		}
+		r := e.call(t, "demo-agent", "db.read", fmt.Sprintf("run-race-%d", i%4), fmt.Sprintf(`{"i":%d}`, i))
+		r.headers["authorization"] = tok
+		wg.Go(func() {
+			if res := e.check(t, r); res.allowed {
+				allowed.Add(1)
+			} else if c := res.code(); c != "token_replayed" {
+				t.Errorf("call %d: denied %s, want token_replayed", i, c)
+			}
+		})
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 1 {
+		t.Fatalf("a single-use token raced by 16 callers was allowed %d times", n)
 	}
 }

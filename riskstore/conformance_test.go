@@ -1121,3 +1121,61 @@ func TestStepLog(t *testing.T) {
 		})
 	}
 }
+
+// TestConformanceCommitNonces: a step's nonce is spent with its commit —
+// only when it commits — and every store that commits nonces answers alike;
+// a Cluster says it does not and refuses one. The nonce is the same record
+// UseOnce keeps, so the two agree.
+func TestConformanceCommitNonces(t *testing.T) {
+	t.Parallel()
+	for _, kind := range storeKinds() {
+		t.Run(kind.name, func(t *testing.T) {
+			t.Parallel()
+			s := kind.open(t, time.Now)
+			ctx := context.Background()
+			nc, ok := s.(NonceCommitter)
+			if !ok {
+				t.Fatalf("%T does not say whether it commits nonces", s)
+			}
+			run := RunRef{Agent: "agent-a", ID: "nonce-" + kind.name}
+			withNonce := func(s Step, id, owner string) Step {
+				s.Nonce, s.NonceOwner, s.NonceTTL = id, owner, time.Minute
+				return s
+			}
+			if !nc.CommitsNonces() {
+				if _, err := s.Commit(ctx, run, withNonce(st("x", 0), "jti:x", "d-x"), Limits{}, time.Hour); err == nil {
+					t.Fatal("a store that does not commit nonces accepted one")
+				}
+				return
+			}
+			var got []string
+			do := func(s2 Step, lim Limits) {
+				res, err := s.Commit(ctx, run, s2, lim, time.Hour)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, res.Outcome.String())
+			}
+			do(withNonce(st("a", 0.1), "jti:1", "d-a"), Limits{})                 // spends jti:1
+			do(withNonce(st("b", 0.1), "jti:1", "d-b"), Limits{})                 // another call with it
+			do(withNonce(st("a", 0.1), "jti:1", "d-a"), Limits{})                 // Envoy's retry of the first
+			do(withNonce(st("c", 0.1).withVersion(99), "jti:2", "d-c"), Limits{}) // stale: not spent
+			do(withNonce(st("d", 0.1), "jti:3", "d-d"), Limits{MaxToolCalls: 1})  // refused: not spent
+			do(withNonce(st("e", 0.1), "jti:2", "d-e"), Limits{})                 // so another call may
+			do(withNonce(st("f", 0.1).withVersion(2), "jti:4", "d-f"), Limits{})  // version 2: commits
+			want := []string{"committed", "replayed", "duplicate", "stale", "refused", "committed", "committed"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("outcomes (-want +got):\n%s", diff)
+			}
+			for id, spent := range map[string]bool{"jti:1": true, "jti:2": true, "jti:3": false, "jti:4": true} {
+				first, err := s.UseOnce(ctx, id, "someone-else", time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if first == spent {
+					t.Errorf("%s: spent %v, UseOnce by another owner says first=%v", id, spent, first)
+				}
+			}
+		})
+	}
+}

@@ -251,6 +251,11 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 			return CommitResult{Outcome: Duplicate, State: cur, Prior: &p}, nil
 		}
 	}
+	if step.Nonce != "" {
+		if n, ok := m.nonces[step.Nonce]; ok && now.Before(n.expires) && n.owner != step.NonceOwner {
+			return CommitResult{Outcome: Replayed, State: cur}, nil
+		}
+	}
 	if step.ExpectVersion != AnyVersion && step.ExpectVersion != cur.Version {
 		return CommitResult{Outcome: Stale, State: cur}, nil
 	}
@@ -295,6 +300,9 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 			delete(r.requests, r.order[0])
 			r.order = r.order[1:]
 		}
+	}
+	if step.Nonce != "" {
+		m.addNonce(step.Nonce, step.NonceOwner, now, max(step.NonceTTL, time.Millisecond))
 	}
 	m.touch(r, now, ttl)
 	return CommitResult{Outcome: Committed, State: m.state(ref, r, now)}, nil
@@ -460,6 +468,10 @@ func (m *Memory) ConsumeApproval(_ context.Context, id, binding string) (Approva
 	return ma.a, nil
 }
 
+// CommitsNonces implements NonceCommitter: Commit spends Step.Nonce under
+// the same lock.
+func (m *Memory) CommitsNonces() bool { return true }
+
 // nonce is a recorded single-use id: who recorded it and until when.
 type nonce struct {
 	owner   string
@@ -474,6 +486,13 @@ func (m *Memory) UseOnce(_ context.Context, id, owner string, ttl time.Duration)
 	if n, ok := m.nonces[id]; ok && now.Before(n.expires) {
 		return n.owner == owner, nil
 	}
+	m.addNonce(id, owner, now, ttl)
+	return true, nil
+}
+
+// addNonce records id for owner until now+ttl, sweeping expired ones when
+// the map has doubled since the last sweep. Called with m.mu held.
+func (m *Memory) addNonce(id, owner string, now time.Time, ttl time.Duration) {
 	m.nonces[id] = nonce{owner: owner, expires: now.Add(ttl)}
 	if len(m.nonces) > m.nonceSweepAt {
 		for k, n := range m.nonces {
@@ -483,7 +502,6 @@ func (m *Memory) UseOnce(_ context.Context, id, owner string, ttl time.Duration)
 		}
 		m.nonceSweepAt = max(minNonceSweep, 2*len(m.nonces))
 	}
-	return true, nil
 }
 
 // Ping reports whether the store can serve; the memory store always can.

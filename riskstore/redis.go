@@ -323,6 +323,10 @@ func requestField(id string) string {
 	return "#" + hex.EncodeToString(sum[:])
 }
 
+// CommitsNonces implements NonceCommitter: on a single node the commit script
+// spends Step.Nonce; a Cluster cannot (the nonce key is in another slot).
+func (r *Redis) CommitsNonces() bool { return r.cluster == nil }
+
 // Positions in the commit script's ARGV (1-based, as in Lua) that Commit
 // changes between attempts; see commitScript for the rest.
 const (
@@ -350,11 +354,20 @@ func (r *Redis) Commit(ctx context.Context, ref RunRef, step Step, limits Limits
 	args := r.commitArgs(ref, step, limits, ttl)
 	if r.cluster == nil {
 		args[argMode-1] = "node"
-		res, err := r.runCommit(ctx, ref, r.keys(k), args)
+		keys := r.keys(k)
+		if step.Nonce != "" {
+			keys = append(keys, r.nonceKey(step.Nonce))
+		}
+		res, err := r.runCommit(ctx, ref, keys, args)
 		if err != nil {
 			return CommitResult{}, err
 		}
 		return res.result()
+	}
+	if step.Nonce != "" {
+		// A nonce key is global, in its own slot: a Cluster cannot spend it
+		// in the run's script (Nonces.UseOnce does it there).
+		return CommitResult{}, errors.New("riskstore: commit: a Redis Cluster does not commit nonces")
 	}
 	args[argMode-1] = "cluster"
 	ownerR := int64(-1) // unknown: the script relies on the run's own mark
@@ -421,7 +434,7 @@ func (r *Redis) commitArgs(ref RunRef, step Step, limits Limits, ttl time.Durati
 		write = "1"
 	}
 	risk := formatFloat(step.Risk)
-	args := make([]any, 0, 21+len(step.Facts))
+	args := make([]any, 0, 23+len(step.Facts))
 	args = append(args,
 		"", int64(-1), ref.Agent,
 		field, risk+"|"+step.DecisionID,
@@ -437,6 +450,7 @@ func (r *Redis) commitArgs(ref RunRef, step Step, limits Limits, ttl time.Durati
 		write, strconv.FormatInt(step.CostMicros, 10), risk,
 		strconv.FormatInt(max(ttl.Milliseconds(), 1), 10),
 		strconv.Itoa(maxRequestIDs), strconv.Itoa(MaxFacts),
+		step.NonceOwner, strconv.FormatInt(max(step.NonceTTL.Milliseconds(), 1), 10),
 	)
 	for _, f := range step.Facts {
 		// mergeFacts skips these too; dropping them here keeps ARGV small.

@@ -169,6 +169,10 @@ func decodeApproval(id, body, status, decision string) (Approval, error) {
 	return a, nil
 }
 
+// nonceKey is where a single-use id is recorded, by UseOnce and by a
+// commit's Step.Nonce alike.
+func (r *Redis) nonceKey(id string) string { return r.prefix + ":jti:" + requestField(id) }
+
 // useOnceScript records KEYS[1] for owner ARGV[1] for ARGV[2] ms and answers
 // 1 when this owner holds it (now or from an earlier attempt of the same
 // call), 0 when another owner does.
@@ -188,7 +192,7 @@ func (r *Redis) UseOnce(ctx context.Context, id, owner string, ttl time.Duration
 		// Nothing to remember: the in-memory store forgets it at once too.
 		return true, nil
 	}
-	key := r.prefix + ":jti:" + requestField(id)
+	key := r.nonceKey(id)
 	first, err := useOnceScript.Run(ctx, r.c(), []string{key}, owner, max(ttl, time.Millisecond).Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("riskstore: use token id once: %w", err)

@@ -34,7 +34,7 @@ func (rr runReply) result() (CommitResult, error) {
 const runReplyLen = 13
 
 // outcomeNames maps the scripts' outcomes; a leading '?' marks a prediction.
-var outcomeNames = map[string]Outcome{"ok": Committed, "dup": Duplicate, "refused": Refused, "stale": Stale}
+var outcomeNames = map[string]Outcome{"ok": Committed, "dup": Duplicate, "refused": Refused, "stale": Stale, "replayed": Replayed}
 
 // limitNames maps the script's limit codes to Budget names, in Exceeds order.
 var limitNames = [...]string{"", BudgetToolCalls, BudgetWriteOps, BudgetCost, BudgetExecutionTime, BudgetRisk,

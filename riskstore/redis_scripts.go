@@ -84,7 +84,9 @@ end
 // 8 max writes, 9 max cost, 10 max execution µs or empty, 11 max risk, 12 epsilon,
 // 13 agent window µs or 0, 14 agent max calls, 15 agent max cost, 16 write
 // 0/1, 17 step cost, 18 step risk, 19 ttl ms, 20 request ids kept, 21 max
-// facts, 22… the step's facts.
+// facts, 22 nonce owner, 23 nonce ttl ms, 24… the step's facts. KEYS[7], on a
+// single node, is the step's nonce (Step.Nonce): refused as 'replayed' when
+// another owner holds it, set when the step commits.
 //
 // On a Cluster, when the run is not known to be owned by the agent for longer
 // than it will live, the script returns its outcome prefixed with '?' and
@@ -111,8 +113,12 @@ local acalls, acost, astart = usage(agentW)
 local outcome, limit, prior = 'ok', 0, nil
 if exists and ARGV[4] ~= '' then prior = redis.call('HGET', KEYS[3], ARGV[4]) end
 local expect = tonumber(ARGV[6])
+local nonceKey = node and KEYS[7] or nil
+local holder = nonceKey and redis.call('GET', nonceKey) or false
 if prior then
   outcome = 'dup'
+elseif holder and holder ~= ARGV[22] then
+  outcome = 'replayed'
 elseif expect >= 0 and calls ~= expect then
   outcome = 'stale'
 else
@@ -149,6 +155,7 @@ if not node then
 end
 
 if outcome == 'dup' then return reply('dup', 0, prior) end
+if outcome == 'replayed' then return reply('replayed', 0, nil) end
 if outcome == 'stale' then return reply('stale', 0, nil) end
 if outcome == 'refused' then
   -- A refused run stays refused: it does not expire and come back fresh.
@@ -168,7 +175,7 @@ redis.call('HSET', KEYS[1], 'risk', total, 'ttl', ARGV[19])
 
 -- Facts: the sorted union, bounded like mergeFacts (in ARGV order, none once full).
 local n = redis.call('ZCARD', KEYS[2])
-for i = 22, #ARGV do
+for i = 24, #ARGV do
   if n >= tonumber(ARGV[21]) then break end
   n = n + redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[i])
 end
@@ -187,6 +194,8 @@ if agentW > 0 then
   if p > 0 then e = math.max(e, nowMs + p) end
   redis.call('PEXPIREAT', KEYS[5], int(e))
 end
+
+if nonceKey then redis.call('SET', nonceKey, ARGV[22], 'PX', ARGV[23]) end
 
 if node then
   -- The first commit claims the run id; later ones keep the claim alive.

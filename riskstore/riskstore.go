@@ -138,6 +138,21 @@ type Step struct {
 	// wildcard. A caller that does not decide on a State it read passes
 	// AnyVersion. Any other negative value is an error.
 	ExpectVersion int64
+	// Nonce, when set, is a single-use id (a token's jti) this step spends,
+	// in the same atomic step as the commit: Commit answers Replayed, and
+	// changes nothing, when another owner holds it, and records it for
+	// NonceOwner until NonceTTL only when the step commits. The same owner
+	// asking again is not a replay (see Nonces.UseOnce). Only a store whose
+	// CommitsNonces is true accepts it; the others return an error.
+	Nonce      string
+	NonceOwner string
+	NonceTTL   time.Duration
+}
+
+// NonceCommitter is a store that spends a step's nonce within its commit
+// (Step.Nonce), saving the round trip of Nonces.UseOnce.
+type NonceCommitter interface {
+	CommitsNonces() bool
 }
 
 // MaxFactLen and MaxFacts bound the facts of one run.
@@ -149,7 +164,7 @@ const (
 // Outcome of a Commit.
 type Outcome int
 
-// Outcomes are checked in this order: Duplicate, then Stale, then Refused. A
+// Outcomes are checked in this order: Duplicate, Replayed, Stale, Refused. A
 // retry of a committed step is Duplicate even though its expected version is
 // now old; a stale decision never reports a limit, since the limits were
 // checked against a state that is gone. A run id owned by another agent is
@@ -159,6 +174,7 @@ const (
 	Duplicate         // the request id was committed before; nothing changed
 	Refused           // a limit would be exceeded; nothing changed but the run's lifetime
 	Stale             // the run's version is not Step.ExpectVersion; nothing changed
+	Replayed          // Step.Nonce is held by another owner; nothing changed
 )
 
 func (o Outcome) String() string {
@@ -171,6 +187,8 @@ func (o Outcome) String() string {
 		return "refused"
 	case Stale:
 		return "stale"
+	case Replayed:
+		return "replayed"
 	}
 	return "unknown"
 }

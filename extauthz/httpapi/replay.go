@@ -34,10 +34,11 @@ type ReplayConfig struct {
 	Timeout time.Duration
 }
 
-// Replay request bounds.
+// Replay request bounds. Records are held in memory while replayed (a few KB
+// each, with their sealed input), so a replay is bounded to tens of MB.
 const (
-	defaultReplayLimit = 10000
-	maxReplayLimit     = 100000
+	defaultReplayLimit = 5000
+	maxReplayLimit     = 20000
 	maxPolicyFiles     = 64
 )
 
