@@ -125,3 +125,13 @@ func (d *directory) route(t config.Tool) plan.Route {
 		RouteVersion: d.versions[t.Name], MCPTools: t.MCPTools,
 	}
 }
+
+// Agents returns every configured agent.
+func (d *Directory) Agents() []config.Agent {
+	cur := d.current()
+	out := make([]config.Agent, 0, len(cur.agents))
+	for _, a := range cur.agents {
+		out = append(out, a)
+	}
+	return out
+}

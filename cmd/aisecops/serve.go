@@ -35,6 +35,7 @@ import (
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
 	"github.com/aisecops/aisecops-envoy/extauthz/evidence"
 	"github.com/aisecops/aisecops-envoy/extauthz/httpapi"
+	"github.com/aisecops/aisecops-envoy/extauthz/httpapi/dashboard"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/extauthz/runs"
 	"github.com/aisecops/aisecops-envoy/xds/config"
@@ -316,6 +317,11 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 		return err
 	}
 	listRevocations, revoke := a.revs.Handlers(a.events.revocation)
+	dash, err := newDashboard(ctx, o, a, auth, log, start)
+	if err != nil {
+		return err
+	}
+	extra = append(extra, dash.Routes()...)
 	api := httpapi.Handler(httpapi.Config{
 		Explainer: a.srv, Approvals: a.store, OnDecision: a.events.approval, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
@@ -338,7 +344,8 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 			})},
 		}, slices.Concat(runs.Routes(a.store), evidence.Routes(a.evidence), extra)...),
 	})
-	return serveHTTP(ctx, o, api, log, start, func() { a.audit.Close(); a.closeStore() })
+	dash.SetAPI(api)
+	return serveHTTP(ctx, o, dashboard.Secure(api), log, start, func() { a.audit.Close(); a.closeStore() })
 }
 
 // serveGRPC listens on addr (at most maxConns connections at once) and serves

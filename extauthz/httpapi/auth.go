@@ -185,7 +185,36 @@ func (o OperatorJWTs) Authenticate(ctx context.Context, bearer string, now time.
 type Auth struct {
 	Authenticators []Authenticator
 	Clock          func() time.Time
+	// Sessions, when set, also accepts a browser's session cookie (the
+	// dashboard's) on requests that carry no Authorization header. A request
+	// authenticated by a session that changes state (any method but GET and
+	// HEAD) must also carry the session's CSRF token.
+	Sessions Sessions
 }
+
+// Sessions authenticates browser sessions: the caller a request's session
+// cookie names, and whether the request proves it was written by a page of
+// the session (its CSRF token), as a state change must.
+type Sessions interface {
+	SessionCaller(r *http.Request, now time.Time) (c Caller, csrfOK bool, ok bool)
+}
+
+// Authenticate names the caller of a bearer credential with a's
+// authenticators (the dashboard's sign-in uses it). ok is false for a
+// credential none of them accepts.
+func (a *Auth) Authenticate(ctx context.Context, bearer string) (Caller, bool) {
+	if bearer == "" || len(bearer) > maxBearer {
+		return Caller{}, false
+	}
+	c, err := a.bearer(ctx, bearer)
+	return c, err == nil
+}
+
+// maxBearer bounds a bearer credential; longer ones are refused unread.
+const maxBearer = 8 << 10
+
+// safeMethod reports methods that change nothing.
+func safeMethod(m string) bool { return m == http.MethodGet || m == http.MethodHead }
 
 // Require lets a request through to next only when it carries a bearer
 // credential of a caller holding role: 401 without a known credential, 403
@@ -193,6 +222,10 @@ type Auth struct {
 func (a *Auth) Require(role string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := a.authenticate(r)
+		if errors.Is(err, errCSRF) {
+			WriteError(w, http.StatusForbidden, "csrf", "a state change from a browser session needs the session's CSRF token (X-CSRF-Token)")
+			return
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="aisecops"`)
 			WriteError(w, http.StatusUnauthorized, "unauthenticated", "this endpoint needs a credential (Authorization: Bearer …)")
@@ -206,23 +239,54 @@ func (a *Auth) Require(role string, next http.Handler) http.Handler {
 	})
 }
 
-var errNoCredential = errors.New("no credential")
+var (
+	errNoCredential = errors.New("no credential")
+	errCSRF         = errors.New("missing or wrong CSRF token")
+)
+
+// Identify names the caller of r as Require does (bearer credential, else
+// session cookie), without a role check: the dashboard's pages use it to
+// choose between the page and the sign-in redirect.
+func (a *Auth) Identify(r *http.Request) (Caller, error) { return a.authenticate(r) }
+
+// IsCSRF reports the error Identify returns for a session request that
+// changes state without its CSRF token.
+func IsCSRF(err error) bool { return errors.Is(err, errCSRF) }
 
 func (a *Auth) authenticate(r *http.Request) (Caller, error) {
 	hs := r.Header.Values("Authorization")
+	if len(hs) == 0 && a.Sessions != nil {
+		c, csrfOK, ok := a.Sessions.SessionCaller(r, a.now())
+		switch {
+		case !ok:
+			return Caller{}, errNoCredential
+		case !csrfOK && !safeMethod(r.Method):
+			return Caller{}, errCSRF
+		}
+		return c, nil
+	}
 	if len(hs) != 1 {
 		return Caller{}, errNoCredential
 	}
 	scheme, tok, ok := strings.Cut(hs[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" || len(tok) > 8<<10 {
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" || len(tok) > maxBearer {
 		return Caller{}, errNoCredential
 	}
-	now := time.Now()
+	return a.bearer(r.Context(), tok)
+}
+
+func (a *Auth) now() time.Time {
 	if a.Clock != nil {
-		now = a.Clock()
+		return a.Clock()
 	}
+	return time.Now()
+}
+
+// bearer asks each authenticator in turn about tok.
+func (a *Auth) bearer(ctx context.Context, tok string) (Caller, error) {
+	now := a.now()
 	for _, au := range a.Authenticators {
-		c, mine, err := au.Authenticate(r.Context(), tok, now)
+		c, mine, err := au.Authenticate(ctx, tok, now)
 		if !mine {
 			continue
 		}

@@ -173,6 +173,9 @@ func (a *api) listApprovals(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []riskstore.Approval{}
 	}
+	for i := range list {
+		list[i] = forCaller(r, list[i])
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"approvals": list})
 }
 
@@ -184,7 +187,7 @@ func (a *api) getApproval(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "approval store unavailable")
 	default:
-		writeJSON(w, http.StatusOK, ap)
+		writeJSON(w, http.StatusOK, forCaller(r, ap))
 	}
 }
 
@@ -193,6 +196,15 @@ const (
 	OutcomeDecided    = "decided"
 	OutcomeNotApplied = "not_applied"
 )
+
+// forCaller is ap as the caller may see it: the held call's detail (argument
+// values, masked where a secret matched) is for approvers only.
+func forCaller(r *http.Request, ap riskstore.Approval) riskstore.Approval {
+	if c, _ := CallerFrom(r.Context()); !c.Has(RoleApprover) {
+		ap.Detail = nil
+	}
+	return ap
+}
 
 // decide approves or rejects. Who decided is the authenticated caller, never
 // something the body says; why is the body's. With OnDecision the decision
