@@ -1,11 +1,14 @@
 package extauthz
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/capability"
+	"github.com/aisecops/aisecops-envoy/extauthz/plan"
 	"github.com/aisecops/aisecops-envoy/extauthz/policy"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
 	"github.com/aisecops/aisecops-envoy/riskstore"
@@ -35,7 +38,7 @@ func (s *Server) enforce(ctx context.Context, o *outcome, last bool) (again bool
 	}
 	switch o.verdict.Decision {
 	case policy.RequireApproval:
-		id, err := requestApproval(ctx, s.cfg.Approvals, o, s.cfg.ApprovalTTL)
+		id, err := requestApproval(ctx, s.cfg.Approvals, o, s.cfg.ApprovalTTL, s.secretMask())
 		if err != nil && err.Code == reason.StoreUnavailable {
 			s.metrics.storeErrors.WithLabelValues("approval_create").Inc()
 		}
@@ -105,9 +108,10 @@ func (s *Server) confirm(ctx context.Context, o *outcome) (moved bool, _ *reason
 
 // requestApproval records a pending approval for this exact call and returns
 // its id.
-func requestApproval(ctx context.Context, st ApprovalStore, o *outcome, ttl time.Duration) (string, *reason.Error) {
+func requestApproval(ctx context.Context, st ApprovalStore, o *outcome, ttl time.Duration, mask func(string) string) (string, *reason.Error) {
 	ap := riskstore.Approval{ID: newID("apr_"), RunID: o.who.Run.ID, AgentID: o.who.Agent.ID, Tool: o.plan.Route.Tool,
-		Binding: o.who.Binding, DecisionID: o.id, Risk: o.riskTotal(), Status: riskstore.ApprovalPending, CreatedAt: o.now}
+		Binding: o.who.Binding, DecisionID: o.id, Risk: o.riskTotal(), Status: riskstore.ApprovalPending, CreatedAt: o.now,
+		Detail: approvalDetail(o.plan, mask)}
 	for _, r := range o.verdict.Reasons {
 		ap.Reasons = append(ap.Reasons, r.Code)
 	}
@@ -239,4 +243,62 @@ func (o *outcome) settle(res riskstore.CommitResult) (again bool, _ *reason.Erro
 		return false, reason.New(reason.BudgetExceeded, "the %s budget is spent", res.Limit)
 	}
 	return false, reason.New(reason.Internal, "unexpected commit outcome")
+}
+
+// maxDetailArguments bounds the arguments an approval shows its approver.
+const maxDetailArguments = 16 << 10
+
+// secretMask is the Inspector's MaskSecrets, or nil when it has none.
+func (s *Server) secretMask() func(string) string {
+	if m, ok := s.cfg.Inspector.(interface{ MaskSecrets(string) string }); ok {
+		return m.MaskSecrets
+	}
+	return nil
+}
+
+// approvalDetail is what the approver is shown of the held call: the method,
+// the normalised path and the arguments, every string (keys included) that
+// carries a secret masked by mask. Without a mask there is nothing to show
+// safely, and no arguments are kept; arguments over maxDetailArguments are
+// left out and their size said. The approval binds the exact request
+// (Binding) whatever is shown. Only approvers read it (httpapi).
+func approvalDetail(p *plan.Plan, mask func(string) string) map[string]any {
+	d := map[string]any{"method": p.Method, "path": p.Path, "tool": p.Call0().Tool}
+	args := p.Call0().Arguments
+	switch {
+	case mask == nil:
+		return d
+	case len(args) > maxDetailArguments:
+		d["arguments_omitted_bytes"] = len(args)
+		return d
+	case len(args) == 0:
+		return d
+	}
+	dec := json.NewDecoder(bytes.NewReader(args))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return d
+	}
+	d["arguments"] = maskStrings(v, mask)
+	return d
+}
+
+func maskStrings(v any, mask func(string) string) any {
+	switch x := v.(type) {
+	case string:
+		return mask(x)
+	case []any:
+		for i := range x {
+			x[i] = maskStrings(x[i], mask)
+		}
+		return x
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[mask(k)] = maskStrings(e, mask)
+		}
+		return out
+	}
+	return v
 }

@@ -66,6 +66,10 @@ func inspect(ctx context.Context, p *plan.Plan, tool config.Tool, in Inspector) 
 // Redact implements Inspector.
 func (e *EgressInspector) Redact(v string) string { return e.in.Redact(v) }
 
+// MaskSecrets returns an agent-written string as an approver may read it:
+// unchanged, or a keyed hash when it carries a secret.
+func (e *EgressInspector) MaskSecrets(v string) string { return e.in.MaskSecrets(v) }
+
 // EgressInspector runs the egress package's inspector on the Check path.
 type EgressInspector struct{ in *egress.Inspector }
 

@@ -5,10 +5,12 @@ package extauthz
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -413,5 +415,30 @@ func TestStageSpendToken(t *testing.T) {
 	}
 	if !mustSpend(&capability.Claims{SingleUse: true}, nil) || !mustSpend(c, map[string]any{"consume_jti": "a"}) || mustSpend(c, nil) {
 		t.Fatal("mustSpend")
+	}
+}
+
+// TestApprovalDetailMasksSecrets: an approver is shown the held call's
+// arguments with every string that carries a secret masked (keys too),
+// personal data kept (the approver must see whom a mail goes to), nothing
+// without a mask, and only the size of oversized arguments.
+func TestApprovalDetailMasksSecrets(t *testing.T) {
+	in, err := NewEgressInspector([]byte("test-finding-hmac-key-32-bytes!!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &plan.Plan{Method: "POST", Path: "/send", Calls: []plan.Call{{Tool: "send_email",
+		Arguments: json.RawMessage(`{"to":["bob@example.com"],"body":"key AKIAIOSFODNN7EXAMPLE","AKIAIOSFODNN7EXAMPLE":1,"n":3}`)}}}
+	d := approvalDetail(p, in.MaskSecrets)
+	b, _ := json.Marshal(d)
+	if strings.Contains(string(b), "AKIAIOSFODNN7EXAMPLE") || !strings.Contains(string(b), "bob@example.com") || !strings.Contains(string(b), `"n":3`) {
+		t.Fatalf("detail %s", b)
+	}
+	if d := approvalDetail(p, nil); d["arguments"] != nil {
+		t.Fatalf("arguments kept without a mask: %v", d)
+	}
+	p.Calls[0].Arguments = json.RawMessage(`{"x":"` + strings.Repeat("a", maxDetailArguments) + `"}`)
+	if d := approvalDetail(p, in.MaskSecrets); d["arguments"] != nil || d["arguments_omitted_bytes"] == nil {
+		t.Fatalf("oversized arguments: %v", d)
 	}
 }

@@ -236,6 +236,20 @@ func skipHeader(name string) bool {
 // are about to store (provenance labels, ids, method names), so an agent
 // cannot smuggle a secret into the audit log through a field nobody inspects;
 // equal values keep equal replacements, so correlation survives.
+// MaskSecrets returns v unchanged, or "redacted:<keyed hash>" when it
+// carries a secret (personal data stays): what an approver may read of a
+// held call's arguments.
+func (in *Inspector) MaskSecrets(v string) string {
+	if v == "" {
+		return v
+	}
+	s := newScan(in, &Request{}, &Policy{})
+	if err := s.text([]byte(v), "value", 0, mSecret, false); err == nil && len(s.col.list) == 0 {
+		return v
+	}
+	return "redacted:" + in.hash([]byte(v))
+}
+
 func (in *Inspector) Redact(v string) string {
 	if v == "" {
 		return v

@@ -438,6 +438,7 @@
         if (a.detail && approver) {
           body.appendChild(el("h3", { text: "The call held (argument values; matched secrets masked)" }));
           body.appendChild(renderDetail(a.detail));
+          runSoFar(a, body);
         } else if (approver) {
           body.appendChild(el("p", { class: "note", text: "ℹ This approval record carries no argument values (the audit log keeps them sealed). It binds the exact request by digest (above): an approved retry with any other arguments, path or run is refused. Shown: the held call's findings and risk (above) and the run so far (below)." }));
           runSoFar(a, body);
