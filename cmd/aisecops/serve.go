@@ -325,8 +325,8 @@ func (a *authz) serve(ctx context.Context, o *options, log *slog.Logger, reg pro
 	api := httpapi.Handler(httpapi.Config{
 		Explainer: a.srv, Approvals: a.store, OnDecision: a.events.approval, Gatherer: reg, Ready: a.ready, Warnings: mergeWarnings(a.warnings, o.listenWarnings()), Auth: auth, Logger: log,
 		Routes: append([]httpapi.Route{
-			{Pattern: "POST /v1/tokens", Handler: a.tokens.Handler()},               // authenticates agents itself
-			{Pattern: "GET /.well-known/jwks.json", Handler: jwksHandler(a.signer)}, // public keys
+			{Pattern: "POST /v1/tokens", SelfAuth: true, Handler: a.tokens.Handler()},               // authenticates agents itself
+			{Pattern: "GET /.well-known/jwks.json", SelfAuth: true, Handler: jwksHandler(a.signer)}, // public keys
 			{Pattern: "GET /v1/revocations", Role: httpapi.RoleOperator, Handler: listRevocations},
 			{Pattern: "POST /v1/revocations", Role: httpapi.RoleAdmin, Handler: revoke},
 			{Pattern: "POST /v1/replay/diff", Role: httpapi.RoleOperator, Handler: httpapi.ReplayHandler(httpapi.ReplayConfig{

@@ -41,13 +41,16 @@ type ApprovalStore interface {
 // ReadyFunc reports nil when its component can serve.
 type ReadyFunc func(ctx context.Context) error
 
-// Route is a handler another package mounts, with the role it needs ("" for a
-// public one that authenticates its callers itself, such as the token
-// service).
+// Route is a handler another package mounts, with the role it needs. A route
+// without a role must say it authenticates its callers itself (SelfAuth: the
+// token service, the public keys, the dashboard's pages, which send an
+// anonymous browser to sign in): Handler refuses a route with neither, so a
+// new endpoint cannot be public by omission.
 type Route struct {
-	Pattern string
-	Role    string
-	Handler http.Handler
+	Pattern  string
+	Role     string
+	SelfAuth bool
+	Handler  http.Handler
 }
 
 // Config wires the API.
@@ -105,11 +108,16 @@ func Handler(cfg Config) http.Handler {
 		role("POST /v1/explain", RoleOperator, http.HandlerFunc(a.explain))
 	}
 	for _, rt := range cfg.Routes {
-		if rt.Role == "" {
+		switch {
+		case rt.Role != "" && rt.SelfAuth:
+			panic("httpapi: route " + rt.Pattern + " has a role and says it authenticates itself")
+		case rt.Role != "":
+			role(rt.Pattern, rt.Role, rt.Handler)
+		case rt.SelfAuth:
 			mux.Handle(rt.Pattern, rt.Handler)
-			continue
+		default:
+			panic("httpapi: route " + rt.Pattern + " has no role and does not say it authenticates its callers itself")
 		}
-		role(rt.Pattern, rt.Role, rt.Handler)
 	}
 	return mux
 }

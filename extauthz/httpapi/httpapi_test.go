@@ -63,7 +63,7 @@ func testAPI(t *testing.T) (http.Handler, ed25519.PrivateKey, *riskstore.Memory)
 		Explainer: fakeExplainer{}, Approvals: store, Gatherer: prometheus.NewRegistry(), Clock: func() time.Time { return t0 },
 		Auth: &Auth{Authenticators: []Authenticator{st, OperatorJWTs{Verifier: v}}, Clock: func() time.Time { return t0 }},
 		Routes: []Route{
-			{Pattern: "POST /v1/tokens", Handler: ok},
+			{Pattern: "POST /v1/tokens", SelfAuth: true, Handler: ok},
 			{Pattern: "GET /v1/xds/status", Role: RoleOperator, Handler: ok},
 			{Pattern: "POST /v1/xds/promote", Role: RoleAdmin, Handler: ok},
 		},
@@ -258,5 +258,26 @@ func TestApprovalDecisionIsRecordedFirst(t *testing.T) {
 	}
 	if !slices.Equal(events, want) {
 		t.Fatalf("recorded %+v\nwant %+v", events, want)
+	}
+}
+
+// TestRouteWithoutRoleRefused: a mounted route with no role that does not say
+// it authenticates its callers itself stops the server from starting, so no
+// endpoint is public by omission; one that claims both is refused too.
+func TestRouteWithoutRoleRefused(t *testing.T) {
+	t.Parallel()
+	ok := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	for name, rt := range map[string]Route{
+		"neither": {Pattern: "GET /v1/forgot", Handler: ok},
+		"both":    {Pattern: "GET /v1/confused", Role: RoleOperator, SelfAuth: true, Handler: ok},
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer func() {
+				if recover() == nil {
+					t.Fatal("Handler accepted the route")
+				}
+			}()
+			Handler(Config{Routes: []Route{rt}})
+		})
 	}
 }

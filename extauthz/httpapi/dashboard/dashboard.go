@@ -102,16 +102,16 @@ func (d *Dashboard) Routes() []httpapi.Route {
 	sub, _ := fs.Sub(assets, "assets")
 	static := http.StripPrefix("/ui/assets/", http.FileServerFS(sub))
 	return []httpapi.Route{
-		{Pattern: "GET /{$}", Handler: d.page("overview")},
-		{Pattern: "GET /runs", Handler: d.page("runs")},
-		{Pattern: "GET /run", Handler: d.page("run")},
-		{Pattern: "GET /approvals", Handler: d.page("approvals")},
-		{Pattern: "GET /policy", Handler: d.page("policy")},
-		{Pattern: "GET /evidence", Handler: d.page("evidence")},
-		{Pattern: "GET /signin", Handler: http.HandlerFunc(d.signinPage)},
-		{Pattern: "POST /signin", Handler: http.HandlerFunc(d.signin)},
-		{Pattern: "POST /signout", Handler: http.HandlerFunc(d.signout)},
-		{Pattern: "GET /ui/assets/", Handler: assetHeaders(static)},
+		{Pattern: "GET /{$}", SelfAuth: true, Handler: d.page("overview")},
+		{Pattern: "GET /runs", SelfAuth: true, Handler: d.page("runs")},
+		{Pattern: "GET /run", SelfAuth: true, Handler: d.page("run")},
+		{Pattern: "GET /approvals", SelfAuth: true, Handler: d.page("approvals")},
+		{Pattern: "GET /policy", SelfAuth: true, Handler: d.page("policy")},
+		{Pattern: "GET /evidence", SelfAuth: true, Handler: d.page("evidence")},
+		{Pattern: "GET /signin", SelfAuth: true, Handler: http.HandlerFunc(d.signinPage)},
+		{Pattern: "POST /signin", SelfAuth: true, Handler: http.HandlerFunc(d.signin)},
+		{Pattern: "POST /signout", SelfAuth: true, Handler: http.HandlerFunc(d.signout)},
+		{Pattern: "GET /ui/assets/", SelfAuth: true, Handler: assetHeaders(static)},
 
 		{Pattern: "GET /v1/overview", Role: op, Handler: http.HandlerFunc(d.overview)},
 		{Pattern: "GET /v1/overview/runs", Role: op, Handler: http.HandlerFunc(d.runs)},
