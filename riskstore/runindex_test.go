@@ -255,7 +255,9 @@ func TestRunIndexScanBudget(t *testing.T) {
 				}
 				l.AppendStep(ref, StepMeta{TS: idxT0, Decision: "allow"}, []byte("s"))
 			}
-			waitRuns(t, l, RunQuery{Limit: 100}, 40)
+			if all := waitRuns(t, l, RunQuery{Limit: 100}, 40); len(all) < 40 {
+				t.Fatalf("the index lists %d of 40 runs; %d steps dropped", len(all), l.DroppedSteps())
+			}
 			var got []string
 			q, pages, short := RunQuery{Limit: 2, Agent: "rare"}, 0, 0
 			for ; ; pages++ {
@@ -296,5 +298,37 @@ func BenchmarkMemoryAppendStep(b *testing.B) {
 			run = RunRef{Agent: "b", ID: fmt.Sprint(i)} // a new run: the index grows to its bound, then evicts
 		}
 		m.AppendStep(run, StepMeta{TS: idxT0, Decision: "allow", Committed: true}, rec)
+	}
+}
+
+// TestStepLogDropsOnlyWhatFailed: one entry Redis refuses (its log key holds
+// a string) is retried, then dropped and counted alone; the entries written
+// in the same pipeline land and list.
+func TestStepLogDropsOnlyWhatFailed(t *testing.T) {
+	t.Parallel()
+	r := newRedisStore(t, RedisOptions{URL: "redis://" + sharedNode(t).Addr()})
+	poison := RunRef{Agent: "a", ID: "poison"}
+	if err := r.c().Set(context.Background(), r.logKey(poison), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		ref := RunRef{Agent: "a", ID: fmt.Sprint(i)}
+		if i == 2 {
+			ref = poison
+		}
+		r.AppendStep(ref, StepMeta{TS: idxT0, Decision: "allow"}, []byte("s"))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.DroppedSteps() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := waitRuns(t, r, RunQuery{Limit: 100}, 4)
+	if len(got) < 4 || r.DroppedSteps() != 1 {
+		t.Fatalf("listed %d runs, dropped %d; want the 4 good ones listed and 1 dropped", len(got), r.DroppedSteps())
+	}
+	for _, i := range []string{"0", "1", "3", "4"} {
+		if steps, err := r.Steps(context.Background(), RunRef{Agent: "a", ID: i}); err != nil || len(steps) != 1 {
+			t.Fatalf("run %s: %d steps, %v", i, len(steps), err)
+		}
 	}
 }

@@ -455,35 +455,65 @@ func (r *Redis) drainLog() {
 				break more
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, e := range batch {
-				k, sk, ak := r.logKey(e.run), r.sumKey(e.run), r.agentsKey(e.run.ID)
-				p.XAdd(ctx, &redis.XAddArgs{Stream: k, MaxLen: MaxLogSteps, Approx: true, Values: []any{"r", e.record}})
-				p.PExpire(ctx, k, logTTL)
-				ts := strconv.FormatInt(e.meta.TS.UnixNano(), 10)
-				fields := []any{"agent", e.run.Agent, "id", e.run.ID, "last", e.meta.Decision, "updated", ts}
-				if e.meta.Committed {
-					fields = append(fields, "risk", strconv.FormatFloat(e.meta.CumulativeRisk, 'g', -1, 64))
-				}
-				p.HSet(ctx, sk, fields...)
-				p.HSetNX(ctx, sk, "started", ts)
-				p.HIncrBy(ctx, sk, "steps", 1)
-				p.HIncrBy(ctx, sk, "d:"+e.meta.Decision, 1)
-				p.PExpire(ctx, sk, logTTL)
-				p.SAdd(ctx, ak, e.run.Agent)
-				p.PExpire(ctx, ak, logTTL)
-				// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT,
-				// and Redis caches the script by its hash either way.
-				indexScript.Eval(ctx, p, idx, indexMember(e.run), capacity)
+		failed := r.writeLog(batch, idx, capacity)
+		if len(failed) > 0 {
+			// One more try for the entries a fault or a slow node cut short
+			// (the client's read deadline covers a whole pipeline): an entry
+			// that did land after all is harmless twice, since Steps drops
+			// the repeated record; only its summary's counts may run one high.
+			failed = r.writeLog(failed, idx, capacity)
+		}
+		r.log.dropped.Add(uint64(len(failed)))
+	}
+}
+
+// logCmds is how many commands writeLog queues per entry.
+const logCmds = 10
+
+// writeLog writes a batch in one pipeline and returns the entries with a
+// command that failed.
+func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) []logEntry {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cmds, err := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, e := range batch {
+			k, sk, ak := r.logKey(e.run), r.sumKey(e.run), r.agentsKey(e.run.ID)
+			p.XAdd(ctx, &redis.XAddArgs{Stream: k, MaxLen: MaxLogSteps, Approx: true, Values: []any{"r", e.record}})
+			p.PExpire(ctx, k, logTTL)
+			ts := strconv.FormatInt(e.meta.TS.UnixNano(), 10)
+			fields := []any{"agent", e.run.Agent, "id", e.run.ID, "last", e.meta.Decision, "updated", ts}
+			if e.meta.Committed {
+				fields = append(fields, "risk", strconv.FormatFloat(e.meta.CumulativeRisk, 'g', -1, 64))
 			}
-			return nil
-		})
-		cancel()
-		if err != nil {
-			r.log.dropped.Add(uint64(len(batch)))
+			p.HSet(ctx, sk, fields...)
+			p.HSetNX(ctx, sk, "started", ts)
+			p.HIncrBy(ctx, sk, "steps", 1)
+			p.HIncrBy(ctx, sk, "d:"+e.meta.Decision, 1)
+			p.PExpire(ctx, sk, logTTL)
+			p.SAdd(ctx, ak, e.run.Agent)
+			p.PExpire(ctx, ak, logTTL)
+			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT,
+			// and Redis caches the script by its hash either way.
+			indexScript.Eval(ctx, p, idx, indexMember(e.run), capacity)
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	if len(cmds) != len(batch)*logCmds {
+		return batch
+	}
+	var failed []logEntry
+	for i, e := range batch {
+		for _, c := range cmds[i*logCmds : (i+1)*logCmds] {
+			if c.Err() != nil {
+				failed = append(failed, e)
+				break
+			}
 		}
 	}
+	return failed
 }
 
 // Steps implements StepLog.
@@ -493,10 +523,14 @@ func (r *Redis) Steps(ctx context.Context, run RunRef) ([][]byte, error) {
 		return nil, err
 	}
 	out := make([][]byte, 0, len(msgs))
+	seen := make(map[string]struct{}, len(msgs))
 	for _, m := range msgs {
-		if v, ok := m.Values["r"].(string); ok {
-			out = append(out, []byte(v))
+		v, ok := m.Values["r"].(string)
+		if _, again := seen[v]; !ok || again {
+			continue // a retried write that had landed the first time
 		}
+		seen[v] = struct{}{}
+		out = append(out, []byte(v))
 	}
 	return out, nil
 }
