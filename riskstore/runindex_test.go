@@ -210,6 +210,25 @@ func TestRunIndexIsBounded(t *testing.T) {
 			if diff := cmp.Diff(want, refsOf(got)); diff != "" {
 				t.Fatalf("bounded index (-want +got):\n%s", diff)
 			}
+			// What the index forgot, the log forgets too: its memory is
+			// bounded by the index, not by a day of traffic.
+			deadline = time.Now().Add(10 * time.Second)
+			for {
+				steps, err := l.Steps(context.Background(), RunRef{Agent: "a", ID: "0"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(steps) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the log of a run the index forgot is kept")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if steps, _ := l.Steps(context.Background(), RunRef{Agent: "a", ID: "24"}); len(steps) != 1 {
+				t.Fatalf("an indexed run's log holds %d steps, want 1", len(steps))
+			}
 		})
 	}
 }

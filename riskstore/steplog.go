@@ -390,13 +390,17 @@ const (
 	logTTL = DefaultTTL
 )
 
-// indexScript gives a run the next index position and trims the index.
+// indexScript gives a run the next index position and trims the index; it
+// returns the members it trimmed, whose logs and summaries the writer then
+// deletes (their keys are in other slots).
 var indexScript = redis.NewScript(`
 local pos = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], pos, ARGV[1])
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
-if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1) end
-return pos
+if over <= 0 then return {} end
+local gone = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+return gone
 `)
 
 // logKey is a run's step-log stream, under the agent's hash tag.
@@ -475,7 +479,7 @@ const logCmds = 10
 func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) []logEntry {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	cmds, err := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
+	cmds, _ := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, e := range batch {
 			k, sk, ak := r.logKey(e.run), r.sumKey(e.run), r.agentsKey(e.run.ID)
 			p.XAdd(ctx, &redis.XAddArgs{Stream: k, MaxLen: MaxLogSteps, Approx: true, Values: []any{"r", e.record}})
@@ -498,13 +502,15 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) []logEntr
 		}
 		return nil
 	})
-	if err == nil {
-		return nil
-	}
 	if len(cmds) != len(batch)*logCmds {
 		return batch
 	}
 	var failed []logEntry
+	last := make(map[string]int, len(batch)) // a member's last entry in the batch
+	for i, e := range batch {
+		last[indexMember(e.run)] = i
+	}
+	var gone []string
 	for i, e := range batch {
 		for _, c := range cmds[i*logCmds : (i+1)*logCmds] {
 			if c.Err() != nil {
@@ -512,8 +518,44 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) []logEntr
 				break
 			}
 		}
+		c, ok := cmds[(i+1)*logCmds-1].(*redis.Cmd)
+		if !ok || c.Err() != nil {
+			continue
+		}
+		members, _ := c.StringSlice()
+		for _, m := range members {
+			if j, again := last[m]; !again || j < i {
+				gone = append(gone, m) // not indexed again later in this batch
+			}
+		}
 	}
+	r.forgetRuns(gone)
 	return failed
+}
+
+// forgetRuns deletes the logs and summaries of runs the index trimmed, so
+// the step log's memory is bounded by MaxIndexedRuns (× MaxLogSteps) rather
+// than by everything a day of traffic logged. A replica that logs a step of
+// a trimmed run at the same moment may lose that step from the log (the
+// audit files keep it); the run's next step indexes it again.
+func (r *Redis) forgetRuns(members []string) {
+	if len(members) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, m := range members {
+			agent, id, ok := strings.Cut(m, ":")
+			if !ok {
+				continue
+			}
+			base := r.prefix + ":{a:" + agent + "}:r:" + id + ":"
+			p.Del(ctx, base+"log")
+			p.Del(ctx, base+"sum")
+		}
+		return nil
+	}) // a failed delete leaves the keys to their TTL
 }
 
 // Steps implements StepLog.
