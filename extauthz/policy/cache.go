@@ -36,11 +36,78 @@ type decisionCache struct {
 
 // newDecisionCache returns nil when mods can read input as a whole.
 func newDecisionCache(mods []*ast.Module) *decisionCache {
-	paths, ok := inputPaths(mods)
+	paths, ok := inputPaths(reachable(mods, ast.MustParseRef(Query)))
 	if !ok {
 		return nil
 	}
 	return &decisionCache{paths: paths, m: make(map[string]Decision)}
+}
+
+// reachable returns the modules whose rules an evaluation of query can reach:
+// those of a package the query names (or one under it, or above it), then,
+// until nothing is added, those of a package a reachable module refers to —
+// by import, rule body, function call or with. A reference is compared by its
+// ground prefix, so data[x] or bare data reaches every module. What no
+// reference reaches cannot take part in the decision (the token service's
+// rules read input.request.run_id, a Check's does not).
+func reachable(mods []*ast.Module, query ast.Ref) []*ast.Module {
+	refs := []ast.Ref{query}
+	in := make([]bool, len(mods))
+	var out []*ast.Module
+	for len(refs) > 0 {
+		r := refs[len(refs)-1]
+		refs = refs[:len(refs)-1]
+		for i, m := range mods {
+			pkg := m.Package.Path
+			if in[i] || !(pkg.HasPrefix(r) || r.HasPrefix(pkg)) {
+				continue
+			}
+			in[i] = true
+			out = append(out, m)
+			var walk func(x any)
+			walk = func(x any) {
+				ast.WalkTerms(x, func(t *ast.Term) bool {
+					switch v := t.Value.(type) {
+					case ast.Ref:
+						if !v.HasPrefix(ast.DefaultRootRef) {
+							return false
+						}
+						refs = append(refs, constPrefix(v))
+						for _, k := range v[1:] {
+							walk(k) // keys can refer to data too
+						}
+						return true
+					case ast.Var:
+						if v.Equal(ast.DefaultRootDocument.Value) {
+							refs = append(refs, ast.DefaultRootRef) // bare data
+						}
+					}
+					return false
+				})
+			}
+			for _, imp := range m.Imports {
+				walk(imp) // the package clause is not a reference
+			}
+			for _, r := range m.Rules {
+				walk(r)
+			}
+		}
+	}
+	return out
+}
+
+// constPrefix is r up to its first key that is not a string constant. Not
+// Ref.GroundPrefix: a key that is itself a reference (data[input.k]) counts
+// as ground there, yet names any package.
+func constPrefix(r ast.Ref) ast.Ref {
+	n := 1
+	for n < len(r) {
+		if _, str := r[n].Value.(ast.String); !str {
+			break
+		}
+		n++
+	}
+	return r[:n]
 }
 
 // inputPaths lists the ground prefixes of every reference to input in mods,
@@ -56,17 +123,11 @@ func inputPaths(mods []*ast.Module) (paths []ast.Ref, ok bool) {
 			if !v.HasPrefix(ast.InputRootRef) {
 				return false
 			}
-			n := 1
-			for n < len(v) {
-				if _, str := v[n].Value.(ast.String); !str {
-					break
-				}
-				n++
-			}
-			if n == 1 {
+			p := constPrefix(v)
+			if len(p) == 1 {
 				ok = false
 			}
-			paths = append(paths, v[:n].Copy())
+			paths = append(paths, p.Copy())
 			for _, t := range v[1:] {
 				vis.Walk(t) // keys can reference input too
 			}

@@ -54,6 +54,65 @@ func TestInputPaths(t *testing.T) {
 	}
 }
 
+// TestCacheKeyFollowsReferences: the key holds what the modules an
+// evaluation of the query can reach read — through a reference, an import, a
+// function call, a with target, a dynamic key into data — and not what an
+// unreferenced package reads (the token service's rules beside the Check's).
+func TestCacheKeyFollowsReferences(t *testing.T) {
+	t.Parallel()
+	lib := "package lib\n\nhelper if input.b\n\nf(x) := x if input.e\n"
+	other := "package other\n\nz if input.c\n"
+	imported := "package imp\n\nw if input.d\n"
+	tests := map[string]struct {
+		authz string
+		want  []string
+	}{
+		"none":     {"x if input.a", []string{"input.a"}},
+		"rule ref": {"x if data.lib.helper", []string{"input.a", "input.b", "input.e"}},
+		"import":   {"import data.imp\n\nx if imp.w", []string{"input.a", "input.d"}},
+		"call":     {"x if data.lib.f(1)", []string{"input.a", "input.b", "input.e"}},
+		"with":     {"x if y with data.other.z as true\ny if true", []string{"input.a", "input.c"}},
+		"dynamic":  {"x if data[input.k]", []string{"input.a", "input.b", "input.c", "input.d", "input.e", "input.k"}},
+		"key ref":  {"x if data.tbl[data.imp.w]", []string{"input.a", "input.d"}},
+		"ref key":  {"x if data.other[input.k]", []string{"input.a", "input.c", "input.k"}},
+		"same pkg": {"", []string{"input.a", "input.s"}},
+		"ref head": {"", []string{"input.a", "input.s"}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var mods []*ast.Module
+			srcs := []string{
+				"package aisecops.authz\n\nresult := {} if input.a\n" + tc.authz + "\n",
+				lib, other, imported,
+			}
+			switch name {
+			case "same pkg":
+				srcs = append(srcs, "package aisecops.authz\n\nq if input.s\n")
+			case "ref head":
+				srcs = append(srcs, "package aisecops\n\nauthz.more if input.s\n")
+			}
+			for i, src := range srcs {
+				m, err := ast.ParseModuleWithOpts(fmt.Sprintf("m%d.rego", i), src, ast.ParserOptions{RegoVersion: ast.RegoV1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				mods = append(mods, m)
+			}
+			c := newDecisionCache(mods)
+			if c == nil {
+				t.Fatal("not cacheable")
+			}
+			var got []string
+			for _, p := range c.paths {
+				got = append(got, p.String())
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Fatalf("cache key paths (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // TestBundledPolicyIsCacheable: the bundled policy reads neither input as a
 // whole nor any per-call value (token jti, request id, run id, time), so its
 // decisions repeat across calls and tokens.
@@ -67,7 +126,7 @@ func TestBundledPolicyIsCacheable(t *testing.T) {
 	for _, p := range c.paths {
 		paths = append(paths, p.String())
 	}
-	for _, perCall := range []string{"input.token.jti", "input.request", "input.request.id", "input.time", "input.plan.run_id", "input.run.id", "input.plan.arguments", "input.findings"} {
+	for _, perCall := range []string{"input.token.jti", "input.request", "input.request.id", "input.request.run_id", "input.time", "input.plan.run_id", "input.run.id", "input.plan.arguments", "input.findings"} {
 		if slices.Contains(paths, perCall) {
 			t.Errorf("the bundled policy reads %s: %v", perCall, paths)
 		}
