@@ -19,6 +19,7 @@ type Receipt struct {
 	Committed    bool    // the step was recorded on the run
 	Duplicate    bool    // a retry of a request already committed: nothing recorded again
 	RiskTotal    float64 // the run's risk after the step (or after its first commit, for a retry)
+	RunCalls     int64   // the run's tool calls after the step, as the store counted them (0: unknown)
 	JTISpent     bool    // the single-use token was spent by this Check
 	ApprovalUsed bool    // the presented approval was consumed by this Check
 }
@@ -212,6 +213,7 @@ func (o *outcome) settle(res riskstore.CommitResult) (again bool, _ *reason.Erro
 	switch res.Outcome {
 	case riskstore.Committed:
 		o.receipt.Committed, o.receipt.RiskTotal = true, res.State.RiskTotal+linkedRisk(o.run.Links)
+		o.receipt.RunCalls = res.State.ToolCalls
 		return false, nil
 	case riskstore.Duplicate:
 		if res.Prior == nil {

@@ -235,6 +235,7 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 		Explain:           o.explain,
 		ApprovalID:        v.ApprovalID,
 		Committed:         o.receipt.Committed,
+		RunCalls:          o.receipt.RunCalls,
 		LatencyUS:         latency.Microseconds(),
 		OTelTraceID:       o.traceID,
 		ContextProvenance: []audit.Provenance{},
@@ -243,6 +244,12 @@ func (o *outcome) record(latency time.Duration) *audit.Record {
 	}
 	if r.EgressFindings == nil {
 		r.EgressFindings = []finding.Finding{}
+	}
+	switch {
+	case !r.Committed:
+		r.RunCalls = o.run.State.ToolCalls // the state it was decided on (0: none loaded)
+	case r.RunCalls == 0:
+		r.RunCalls = o.run.State.ToolCalls + 1 // our own commit, whose reply was lost
 	}
 	if p := o.plan; p != nil {
 		r.RequestID, r.RunID, r.TraceID = p.RequestID, p.RunID, p.TraceID

@@ -149,7 +149,11 @@ type Record struct {
 	Explain           bool               `json:"explain,omitempty"`
 	ApprovalID        string             `json:"approval_id,omitempty"`
 	Committed         bool               `json:"committed"`
-	LatencyUS         int64              `json:"latency_us"`
+	// RunCalls is the run's tool calls after this step as the store counted
+	// them (committed) or as the step was decided on (not committed): the
+	// order of a run's steps whichever replica decided them.
+	RunCalls  int64 `json:"run_calls,omitempty"`
+	LatencyUS int64 `json:"latency_us"`
 
 	// Events (see the Event constants).
 	DecidedBy string            `json:"decided_by,omitempty"`

@@ -23,6 +23,7 @@ type Step struct {
 	LinkedRuns        []string           `json:"linked_runs,omitempty"`
 	ApprovalID        string             `json:"approval_id,omitempty"`
 	Committed         bool               `json:"committed"`
+	RunCalls          int64              `json:"run_calls,omitempty"`
 	DryRun            bool               `json:"dry_run,omitempty"`
 }
 
@@ -31,7 +32,7 @@ func (r *Record) Step() Step {
 	s := Step{TS: r.TS, DecisionID: r.DecisionID, RunID: r.RunID, AgentID: r.AgentID, Tool: r.Tool, ToolClass: r.ToolClass,
 		MCPMethod: r.MCPMethod, Decision: r.Decision, Reasons: make([]string, 0, len(r.Reasons)), StepRisk: r.StepRisk,
 		CumulativeRisk: r.CumulativeRisk, BudgetConsumption: r.BudgetConsumption, Provenance: r.ContextProvenance,
-		LinkedRuns: r.LinkedRuns, ApprovalID: r.ApprovalID, Committed: r.Committed, DryRun: r.DryRun}
+		LinkedRuns: r.LinkedRuns, ApprovalID: r.ApprovalID, Committed: r.Committed, RunCalls: r.RunCalls, DryRun: r.DryRun}
 	for _, x := range r.Reasons {
 		s.Reasons = append(s.Reasons, x.Code)
 	}

@@ -13,6 +13,7 @@
 package runs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -205,12 +206,24 @@ func ReadTimeline(ctx context.Context, s Store, ref riskstore.RunRef) (TimelineJ
 		return TimelineJSON{}, err
 	}
 	tl := TimelineJSON{RunID: ref.ID, AgentID: ref.Agent, Steps: make([]StepJSON, 0, len(recs))}
-	first := max(sum.Steps-int64(len(recs)), 0) + 1 // steps trimmed from the log come before
-	for i, b := range recs {
+	steps := make([]audit.Step, 0, len(recs))
+	for _, b := range recs {
 		var st audit.Step
 		if err := json.Unmarshal(b, &st); err != nil {
 			continue // not a step this version wrote: skipped, never guessed at
 		}
+		steps = append(steps, st)
+	}
+	// Each replica's writer appends in the background, so the log holds a
+	// run's steps in the order they reached Redis; the timeline is in the
+	// order they were decided: by each step's time (the deciding replica's
+	// clock), then by the run's tool calls after it (the store's count), a
+	// commit before the steps decided on its state; other ties in log order.
+	slices.SortStableFunc(steps, func(a, b audit.Step) int {
+		return cmp.Or(a.TS.Compare(b.TS), cmp.Compare(a.RunCalls, b.RunCalls), cmp.Compare(b2i(b.Committed), b2i(a.Committed)))
+	})
+	first := max(sum.Steps-int64(len(steps)), 0) + 1 // steps trimmed from the log come before
+	for i, st := range steps {
 		tl.Steps = append(tl.Steps, stepJSON(first+int64(i), st))
 	}
 	return tl, nil
@@ -366,4 +379,11 @@ func writeReadError(w http.ResponseWriter, err error) {
 		return
 	}
 	unavailable(w)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

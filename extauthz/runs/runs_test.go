@@ -407,3 +407,36 @@ func FuzzCursor(f *testing.F) {
 		}
 	})
 }
+
+// TestTimelineIsInDecisionOrder: replicas' writers append a run's steps in the
+// order they reach the store; the timeline orders them by time, then by the
+// run's tool calls after each step, a commit before a denial decided on its
+// state.
+func TestTimelineIsInDecisionOrder(t *testing.T) {
+	t.Parallel()
+	s := riskstore.NewMemory(time.Now)
+	ts := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	for _, st := range []audit.Step{
+		{TS: ts, DecisionID: "c3", Decision: "allow", Committed: true, RunCalls: 3},
+		{TS: ts, DecisionID: "d1", Decision: "deny", RunCalls: 1},
+		{TS: ts, DecisionID: "c1", Decision: "allow", Committed: true, RunCalls: 1},
+		{TS: ts, DecisionID: "c2", Decision: "allow", Committed: true, RunCalls: 2},
+		{TS: ts.Add(-time.Second), DecisionID: "early", Decision: "deny"},
+	} {
+		step(s, "a", "r", st)
+	}
+	tl, err := ReadTimeline(context.Background(), s, riskstore.RunRef{Agent: "a", ID: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i, st := range tl.Steps {
+		got = append(got, st.DecisionID)
+		if st.Seq != int64(i+1) {
+			t.Errorf("step %s has seq %d", st.DecisionID, st.Seq)
+		}
+	}
+	if want := []string{"early", "c1", "d1", "c2", "c3"}; !slices.Equal(got, want) {
+		t.Fatalf("timeline %v, want %v", got, want)
+	}
+}
