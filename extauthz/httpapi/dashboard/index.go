@@ -256,8 +256,8 @@ func (x *Index) add(b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	var l line
-	if err := json.Unmarshal(b, &l); err != nil {
+	l, err := parseLine(b)
+	if err != nil {
 		x.bad++
 		return
 	}
@@ -496,4 +496,29 @@ func set(xs ...string) map[string]bool {
 		m[x] = true
 	}
 	return m
+}
+
+// inputKey starts a record's replay fields (input, sealed, policy): most of a
+// Check's line, and written after every field the index reads.
+var inputKey = []byte(`,"input":`)
+
+// parseLine decodes what the index reads of a record line, without scanning
+// its replay fields when it can: the line is cut at its first `,"input":` and
+// closed. A quote inside a JSON string is always escaped, so that text can
+// only be a key; cut inside a nested object or array the prefix does not
+// parse (one brace closes only the top level), and the whole line is decoded
+// instead. A prefix that parses is the record's own top-level fields.
+func parseLine(b []byte) (line, error) {
+	var l line
+	if i := bytes.Index(b, inputKey); i > 0 {
+		short := make([]byte, i+1)
+		copy(short, b[:i])
+		short[i] = '}'
+		if json.Unmarshal(short, &l) == nil {
+			return l, nil
+		}
+		l = line{}
+	}
+	err := json.Unmarshal(b, &l)
+	return l, err
 }
