@@ -21,7 +21,7 @@ func TestParseLineSkipsOnlyReplayFields(t *testing.T) {
 	check := audit.Record{TS: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC), DecisionID: "d_1", RunID: `r,"input":{`, AgentID: "a",
 		Tool: "send_email", Decision: "deny", Reasons: []audit.Reason{{Code: "egress_secret"}}, CumulativeRisk: 1.5,
 		ContextProvenance: []audit.Provenance{{SourceType: "web", SourceName: `x","input":1}`, TrustLevel: "untrusted"}},
-		Input: json.RawMessage(`{"plan":{"arguments":{"to":"<sealed>"}}}`), Sealed: &audit.Sealed{KeyID: "k", Nonce: []byte("n"), Ciphertext: []byte("AAAA")}}
+		Input:             json.RawMessage(`{"plan":{"arguments":{"to":"<sealed>"}}}`), Sealed: &audit.Sealed{KeyID: "k", Nonce: []byte("n"), Ciphertext: []byte("AAAA")}}
 	event := audit.Record{TS: check.TS, Event: audit.EventApprovalDecided, ApprovalID: "ap_1", Decision: "approve",
 		Detail: map[string]string{"input": "x", "zz": "y"}}
 	for name, rec := range map[string]audit.Record{"check": check, "event": event} {
