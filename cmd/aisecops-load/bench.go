@@ -154,7 +154,7 @@ func bench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) (err e
 	if !o.aof {
 		redisArgs = []string{"--appendonly", "no", "--save", ""}
 	}
-	sys, err := startSystem(ctx, systemOptions{aisecops: o.aisecops, dir: o.dir, floor: true, pprof: o.profile != "", redisArgs: redisArgs}, stderr)
+	sys, err := startSystem(ctx, systemOptions{aisecops: o.aisecops, dir: o.dir, floor: true, pprof: o.profile != "", redisArgs: redisArgs, volatile: !o.aof}, stderr)
 	if err != nil {
 		return err
 	}

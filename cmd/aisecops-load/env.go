@@ -47,6 +47,7 @@ type systemOptions struct {
 	// persistence is an append-only file fsynced every second, as a
 	// deployment that must not forget debits when Redis restarts runs it.
 	redisArgs []string
+	volatile  bool // redisArgs turn persistence off: serve must be told to accept it
 }
 
 // defaultRedisArgs: AOF on (fsync every second), no RDB snapshots. The soak
@@ -73,11 +74,11 @@ func aisecopsBinary(flagValue string) (string, error) {
 	return p, nil
 }
 
-func startSystem(ctx context.Context, o systemOptions, logOut io.Writer) (s *system, err error) {
-	s = &system{logOut: logOut}
+func startSystem(ctx context.Context, o systemOptions, logOut io.Writer) (_ *system, err error) {
+	s := &system{logOut: logOut}
 	defer func() {
 		if err != nil {
-			s.close()
+			s.close() // what started so far; the result is nil
 		}
 	}()
 	if s.bin, err = aisecopsBinary(o.aisecops); err != nil {
@@ -135,7 +136,7 @@ func startSystem(ctx context.Context, o systemOptions, logOut io.Writer) (s *sys
 		}
 		fmt.Fprintf(logOut, "no-op floor %s (pid %d)\n", s.noop.addr("grpc"), s.noop.pid())
 	}
-	if s.serve, err = startServe(ctx, s.bin, s.home, routesPath, "redis://"+s.redis.Addr(), o.pprof); err != nil {
+	if s.serve, err = startServe(ctx, s.bin, s.home, routesPath, "redis://"+s.redis.Addr(), o.pprof, o.volatile); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(logOut, "aisecops serve %s (pid %d, home %s)\n", s.serve.addr("grpc"), s.serve.pid(), s.home)

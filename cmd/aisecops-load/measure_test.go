@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -174,5 +175,15 @@ func TestClosedLoopOnTheFloor(t *testing.T) {
 		if tl.lat[i] < tl.lat[i-1] {
 			t.Fatal("latencies not sorted")
 		}
+	}
+}
+
+// TestStartSystemFailsCleanly: a system that cannot start (here: no such
+// binary) is an error, not a panic in the cleanup of what started.
+func TestStartSystemFailsCleanly(t *testing.T) {
+	t.Parallel()
+	s, err := startSystem(context.Background(), systemOptions{aisecops: filepath.Join(t.TempDir(), "no-such-aisecops")}, io.Discard)
+	if err == nil || s != nil {
+		t.Fatalf("startSystem = %v, %v; want an error", s, err)
 	}
 }

@@ -169,9 +169,14 @@ func noopAnnouncement(line string) (string, string, bool) {
 
 // startServe starts `aisecops serve` on loopback ports of its choosing, with
 // run state in Redis at redisURL and the load's routes file.
-func startServe(ctx context.Context, bin, home, routes, redisURL string, pprof bool) (*proc, error) {
+// volatile: Redis runs without persistence (bench --redis-aof=false), which
+// serve refuses unless told.
+func startServe(ctx context.Context, bin, home, routes, redisURL string, pprof, volatile bool) (*proc, error) {
 	args := []string{"serve", "--home", home, "--config", routes, "--redis-url", redisURL,
 		"--authz-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "info"}
+	if volatile {
+		args = append(args, "--allow-volatile-redis")
+	}
 	want := []string{"grpc", "http"}
 	if pprof {
 		args = append(args, "--pprof-addr", "127.0.0.1:0")
