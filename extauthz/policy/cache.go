@@ -29,6 +29,10 @@ const decisionCacheSize = 8192
 
 type decisionCache struct {
 	paths []ast.Ref // ground prefixes of the input references, sorted, none a prefix of another
+	// cmp[i], when set, are the operands paths[i] is only ever compared
+	// with: the key holds the comparisons' signs, not the value
+	// (cache_cmp.go).
+	cmp [][]*ast.Term
 
 	mu sync.RWMutex
 	m  map[string]Decision
@@ -36,11 +40,17 @@ type decisionCache struct {
 
 // newDecisionCache returns nil when mods can read input as a whole.
 func newDecisionCache(mods []*ast.Module) *decisionCache {
-	paths, ok := inputPaths(reachable(mods, ast.MustParseRef(Query)))
+	mods = reachable(mods, ast.MustParseRef(Query))
+	paths, ok := inputPaths(mods)
 	if !ok {
 		return nil
 	}
-	return &decisionCache{paths: paths, m: make(map[string]Decision)}
+	c := &decisionCache{paths: paths, cmp: make([][]*ast.Term, len(paths)), m: make(map[string]Decision)}
+	compared := comparedPaths(mods, paths)
+	for i, p := range paths {
+		c.cmp[i] = compared[p.String()]
+	}
+	return c
 }
 
 // reachable returns the modules whose rules an evaluation of query can reach:
@@ -160,11 +170,15 @@ func inputPaths(mods []*ast.Module) (paths []ast.Ref, ok bool) {
 // encoded apart from every present one.
 func (c *decisionCache) key(input ast.Value) string {
 	var b strings.Builder
-	for _, p := range c.paths {
+	for i, p := range c.paths {
 		v, err := input.Find(p[1:])
-		if err != nil {
+		switch {
+		case err != nil:
 			b.WriteString("\x00-")
-		} else {
+		case c.cmp[i] != nil:
+			b.WriteString("\x00~")
+			b.WriteString(signs(input, v, c.cmp[i]))
+		default:
 			b.WriteString("\x00+")
 			b.WriteString(v.String())
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -159,7 +160,9 @@ func TestDecisionCacheAgreesWithEvaluation(t *testing.T) {
 		in.Token.JTI = fmt.Sprintf("jti-%d", i) // per call: must not matter
 		in.Token.PolicyVersion = pick("v1.0", "v0.1", "v0.0", "")
 		in.Request.ID = fmt.Sprintf("req-%d", i)
-		in.Risk.Total = float64(rng.IntN(25)) / 10
+		in.Risk.Total = float64(rng.IntN(25)) / 10 // 1.5 and 2.0 land on the thresholds
+		in.Agent.Approval = []float64{1.5, 1.2, 0}[rng.IntN(3)]
+		in.Agent.Halt = []float64{2.0, 1.5, 2.4}[rng.IntN(3)]
 		in.Budget.Exceeded = pick("", "", "", "max_tool_calls")
 		in.UntrustedContext = rng.IntN(4) == 0
 		in.Plan.Protocol = rng.IntN(6) == 0
@@ -181,6 +184,15 @@ func TestDecisionCacheAgreesWithEvaluation(t *testing.T) {
 		for round := range 2 {
 			if round == 1 {
 				in.Token.JTI, in.Request.ID, in.Time.NowNS = "jti-again", "req-again", in.Time.NowNS+1
+				// Another risk on the same side of both thresholds (the
+				// next run step): compared only, so the same key.
+				if in.Risk.Total != in.Agent.Approval && in.Risk.Total != in.Agent.Halt {
+					in.Risk.Total += 0.01
+					if (in.Risk.Total > in.Agent.Approval) != (in.Risk.Total-0.01 > in.Agent.Approval) ||
+						(in.Risk.Total > in.Agent.Halt) != (in.Risk.Total-0.01 > in.Agent.Halt) {
+						in.Risk.Total -= 0.01
+					}
+				}
 			}
 			cp := *in
 			_, cached := b.cache.get(b.cache.key(mustValue(t, in)))
@@ -198,7 +210,7 @@ func TestDecisionCacheAgreesWithEvaluation(t *testing.T) {
 			if cached {
 				hits++
 			} else if round == 1 {
-				t.Fatalf("input %d: a call differing only in jti, request id and time missed the cache", i)
+				t.Fatalf("input %d: a call differing only in jti, request id, time and risk within its thresholds missed the cache", i)
 			}
 		}
 	}
@@ -241,4 +253,60 @@ func baseInputLike(in *Input) *Input {
 	cp := *in
 	cp.Token.JTI = "another"
 	return &cp
+}
+
+// TestComparedPaths: a path's value leaves the cache key for the signs of its
+// comparisons only when every use of it is a comparison with a constant; any
+// other use — a value, a function argument, unification, an import, a with,
+// a deeper path, a data operand — keeps the value in the key.
+func TestComparedPaths(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		body string
+		want map[string]string // path → its operands; absent: value kept
+	}{
+		"compared":           {"x if input.r > 1\ny if input.r <= 3", map[string]string{"input.r": "1 3"}},
+		"two paths":          {"x if input.r > input.s", map[string]string{"input.r": "input.s", "input.s": "input.r"}},
+		"negated":            {"x if not input.r == true", map[string]string{"input.r": "true"}},
+		"assigned too":       {"x if input.r > 1\ny := input.r", nil},
+		"with on comparison": {"x if input.r > 1 with input.r as 0", nil},
+		"with elsewhere":     {"x if y with input.r as 0\ny if input.r > 1", nil},
+		"function argument":  {"f(v) if v > 1\nx if f(input.r)", nil},
+		"unification":        {"x if input.r = 1", nil},
+		"import":             {"import input.r as q\n\nx if q > 1\ny if input.r > 1", nil},
+		"nested call":        {"x if abs(input.r) > 1", nil},
+		"data operand":       {"x if input.r > data.t", nil},
+		"deeper path":        {"x if input.r > 1\ny if input.r.z > 1", nil},
+		"in a collection":    {"x if {\n\tsome v in [input.r]\n\tv > 1\n}", nil},
+		"count":              {"x if count(input.r) > 1", nil},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m, err := ast.ParseModuleWithOpts("p.rego", "package aisecops.authz\n\nimport rego.v1\n\n"+tc.body+"\n", ast.ParserOptions{RegoVersion: ast.RegoV1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := newDecisionCache([]*ast.Module{m})
+			if c == nil {
+				t.Fatal("not cacheable")
+			}
+			got := map[string]string{}
+			for i, p := range c.paths {
+				if c.cmp[i] == nil {
+					continue
+				}
+				var ops []string
+				for _, o := range c.cmp[i] {
+					ops = append(ops, o.String())
+				}
+				got[p.String()] = strings.Join(ops, " ")
+			}
+			if tc.want == nil {
+				tc.want = map[string]string{}
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Fatalf("compared paths of\n%s\n(-want +got):\n%s", tc.body, diff)
+			}
+		})
+	}
 }

@@ -1,0 +1,141 @@
+package policy
+
+import (
+	"github.com/open-policy-agent/opa/v1/ast"
+)
+
+// Comparisons in the cache key. A run's cumulative risk changes at every
+// step, so keyed by its value a long run would never hit the cache, yet the
+// bundled policy only compares it with thresholds. When every reference to an
+// input path P in the reachable modules is, whole, one operand of a
+// comparison (>, >=, <, <=, ==, !=) whose other operand is a constant input
+// path or a scalar, every rule sees P only through those comparisons, and
+// each of their results follows from P.Compare(other) and
+// ast.ValueEqual(P, other), exactly what OPA's comparison built-ins compute.
+// The key then holds those signs instead of P's value. Any other use of P (or
+// of a path above or below it) — an assignment, a function argument,
+// unification, an import, a with target — keeps its value in the key.
+
+// cmpOps are the comparison built-ins whose result follows from signs.
+var cmpOps = map[string]bool{
+	ast.GreaterThan.Name: true, ast.GreaterThanEq.Name: true,
+	ast.LessThan.Name: true, ast.LessThanEq.Name: true,
+	ast.Equal.Name: true, ast.NotEqual.Name: true,
+}
+
+// comparedPaths returns, for each of paths read only in comparisons, the
+// other operands it is compared with.
+func comparedPaths(mods []*ast.Module, paths []ast.Ref) map[string][]*ast.Term {
+	// The operand terms of comparisons, with the operand each is compared with.
+	operand := map[*ast.Term]*ast.Term{}
+	for _, m := range mods {
+		ast.WalkExprs(m, func(e *ast.Expr) bool {
+			if !e.IsCall() || len(e.Operands()) != 2 || !cmpOps[e.Operator().String()] || len(e.With) > 0 {
+				return false
+			}
+			ops := e.Operands()
+			operand[ops[0]], operand[ops[1]] = ops[1], ops[0]
+			return false
+		})
+	}
+	type use struct {
+		others []*ast.Term
+		other  bool // used some other way
+	}
+	uses := map[string]*use{}
+	for _, p := range paths {
+		uses[p.String()] = &use{}
+	}
+	var walk func(x any)
+	walk = func(x any) {
+		ast.WalkTerms(x, func(t *ast.Term) bool {
+			ref, ok := t.Value.(ast.Ref)
+			if !ok || !ref.HasPrefix(ast.InputRootRef) {
+				return false
+			}
+			for _, p := range paths {
+				if !ref.HasPrefix(p) && !p.HasPrefix(constPrefix(ref)) {
+					continue
+				}
+				u := uses[p.String()]
+				other, cmp := operand[t]
+				if !cmp || !ref.Equal(p) || !constantOperand(other) {
+					u.other = true
+				} else {
+					u.others = append(u.others, other)
+				}
+			}
+			for _, k := range ref[1:] {
+				walk(k) // keys can reference input too
+			}
+			return true
+		})
+	}
+	for _, m := range mods {
+		walk(m)
+	}
+	out := map[string][]*ast.Term{}
+	for p, u := range uses {
+		if u.other || len(u.others) == 0 {
+			continue
+		}
+		var distinct []*ast.Term
+		for _, o := range u.others {
+			if !containsTerm(distinct, o) {
+				distinct = append(distinct, o)
+			}
+		}
+		out[p] = distinct
+	}
+	return out
+}
+
+// constantOperand: a scalar, or an input path with constant keys.
+func constantOperand(t *ast.Term) bool {
+	switch v := t.Value.(type) {
+	case ast.Null, ast.Boolean, ast.Number, ast.String:
+		return true
+	case ast.Ref:
+		return v.HasPrefix(ast.InputRootRef) && len(v) > 1 && len(constPrefix(v)) == len(v)
+	}
+	return false
+}
+
+func containsTerm(ts []*ast.Term, t *ast.Term) bool {
+	for _, x := range ts {
+		if x.Equal(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// signs encodes, for a present value v, its order against each operand as
+// OPA's comparison built-ins compute it (Value.Compare for >, >=, <, <=;
+// ast.ValueEqual for == and !=): '<', '>', '=' (equal), '~' (neither: were the
+// two ever to disagree) or '?' for an operand input lacks.
+func signs(input, v ast.Value, others []*ast.Term) string {
+	b := make([]byte, len(others))
+	for i, o := range others {
+		ov := o.Value
+		if ref, ok := ov.(ast.Ref); ok {
+			found, err := input.Find(ref[1:])
+			if err != nil {
+				b[i] = '?'
+				continue
+			}
+			ov = found
+		}
+		switch c := v.Compare(ov); {
+		case c < 0:
+			b[i] = '<'
+		case c > 0:
+			b[i] = '>'
+		case ast.ValueEqual(v, ov):
+			b[i] = '=' // == and != use Equal, the others Compare
+		default:
+			b[i] = '~'
+		}
+	}
+	return string(b)
+}
