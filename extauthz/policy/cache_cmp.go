@@ -46,6 +46,7 @@ func comparedPaths(mods []*ast.Module, paths []ast.Ref) map[string][]*ast.Term {
 	for _, p := range paths {
 		uses[p.String()] = &use{}
 	}
+	seen := map[*ast.Term]bool{}
 	var walk func(x any)
 	walk = func(x any) {
 		ast.WalkTerms(x, func(t *ast.Term) bool {
@@ -53,13 +54,17 @@ func comparedPaths(mods []*ast.Module, paths []ast.Ref) map[string][]*ast.Term {
 			if !ok || !ref.HasPrefix(ast.InputRootRef) {
 				return false
 			}
+			// A term met twice is in some other place too (the parser
+			// does not share terms, but nothing here relies on it).
+			shared := seen[t]
+			seen[t] = true
 			for _, p := range paths {
 				if !ref.HasPrefix(p) && !p.HasPrefix(constPrefix(ref)) {
 					continue
 				}
 				u := uses[p.String()]
 				other, cmp := operand[t]
-				if !cmp || !ref.Equal(p) || !constantOperand(other) {
+				if !cmp || shared || !ref.Equal(p) || !constantOperand(other) {
 					u.other = true
 				} else {
 					u.others = append(u.others, other)
