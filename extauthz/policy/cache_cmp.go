@@ -24,8 +24,13 @@ var cmpOps = map[string]bool{
 }
 
 // comparedPaths returns, for each of paths read only in comparisons, the
-// other operands it is compared with.
+// other operands it is compared with: none at all when an operator might not
+// be the built-in its name says or an operand might not be the input's value
+// (see comparisonsAreBuiltins).
 func comparedPaths(mods []*ast.Module, paths []ast.Ref) map[string][]*ast.Term {
+	if !comparisonsAreBuiltins(mods) {
+		return nil
+	}
 	// The operand terms of comparisons, with the operand each is compared with.
 	operand := map[*ast.Term]*ast.Term{}
 	for _, m := range mods {
@@ -143,4 +148,40 @@ func signs(input, v ast.Value, others []*ast.Term) string {
 		}
 	}
 	return string(b)
+}
+
+// comparisonsAreBuiltins: in mods, `x > y` can only be OPA's built-in on the
+// input's own values. Not so when a rule, function or import is named like a
+// comparison (the name resolves to it, infix included), or when any `with`
+// is used: `with gt as f` replaces the built-in, and `with input.p as v`
+// replaces an operand of comparisons evaluated under it, in any rule it
+// reaches (found by an adversarial review; each case is in
+// TestCacheAttacks).
+func comparisonsAreBuiltins(mods []*ast.Module) bool {
+	for _, m := range mods {
+		for _, imp := range m.Imports {
+			if cmpOps[imp.Alias.String()] {
+				return false
+			}
+			if ref, ok := imp.Path.Value.(ast.Ref); ok && len(ref) > 0 {
+				if s, ok := ref[len(ref)-1].Value.(ast.String); ok && cmpOps[string(s)] {
+					return false
+				}
+			}
+		}
+		for _, r := range m.Rules {
+			if ref := r.Head.Ref(); len(ref) > 0 && cmpOps[ref[0].Value.String()] {
+				return false
+			}
+		}
+		with := false
+		ast.WalkExprs(m, func(e *ast.Expr) bool {
+			with = with || len(e.With) > 0
+			return with
+		})
+		if with {
+			return false
+		}
+	}
+	return true
 }
