@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"testing"
 	"testing/fstest"
 
@@ -222,7 +223,9 @@ bad if { data.lib.flag with data.lib.t as input.risk.total }
 func TestCacheAttacks(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	for name, a := range attacks {
+	all := maps.Clone(attacks)
+	maps.Copy(all, attacks2)
+	for name, a := range all {
 		t.Run(name, func(t *testing.T) {
 			b, err := loadMods(t, a.mods)
 			if err != nil {

@@ -1,6 +1,9 @@
 package policy
 
 import (
+	"math"
+	"strconv"
+
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
@@ -124,7 +127,16 @@ func containsTerm(ts []*ast.Term, t *ast.Term) bool {
 // OPA's comparison built-ins compute it (Value.Compare for >, >=, <, <=;
 // ast.ValueEqual for == and !=): '<', '>', '=' (equal), '~' (neither: were the
 // two ever to disagree) or '?' for an operand input lacks.
+//
+// A number beyond float64's range keeps its literal in the key: OPA's rule
+// index looks an == constant up by the number's hash, which for such numbers
+// is the literal's text, so 1e400 and 10e399 — equal by Compare and
+// ValueEqual — match different rules (found by an adversarial review). For
+// the same reason '=' also needs the two hashes to agree.
 func signs(input, v ast.Value, others []*ast.Term) string {
+	if !finiteNumber(v) {
+		return "!" + v.String()
+	}
 	b := make([]byte, len(others))
 	for i, o := range others {
 		ov := o.Value
@@ -136,18 +148,31 @@ func signs(input, v ast.Value, others []*ast.Term) string {
 			}
 			ov = found
 		}
+		if !finiteNumber(ov) {
+			return "!" + v.String()
+		}
 		switch c := v.Compare(ov); {
 		case c < 0:
 			b[i] = '<'
 		case c > 0:
 			b[i] = '>'
-		case ast.ValueEqual(v, ov):
+		case ast.ValueEqual(v, ov) && v.Hash() == ov.Hash():
 			b[i] = '=' // == and != use Equal, the others Compare
 		default:
 			b[i] = '~'
 		}
 	}
 	return string(b)
+}
+
+// finiteNumber: v is not a number, or one a float64 holds.
+func finiteNumber(v ast.Value) bool {
+	n, ok := v.(ast.Number)
+	if !ok {
+		return true
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	return err == nil && !math.IsInf(f, 0) && !math.IsNaN(f)
 }
 
 // comparisonsAreBuiltins: in mods, `x > y` can only be OPA's built-in on the
