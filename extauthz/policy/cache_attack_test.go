@@ -225,6 +225,7 @@ func TestCacheAttacks(t *testing.T) {
 	ctx := context.Background()
 	all := maps.Clone(attacks)
 	maps.Copy(all, attacks2)
+	maps.Copy(all, attacks3)
 	for name, a := range all {
 		t.Run(name, func(t *testing.T) {
 			b, err := loadMods(t, a.mods)

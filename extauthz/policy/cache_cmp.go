@@ -114,9 +114,14 @@ func constantOperand(t *ast.Term) bool {
 	return false
 }
 
+// containsTerm compares operands by their text, not by value: OPA's number
+// equality is not transitive (0.1 == 0.10 exactly, 0.10 ==
+// 0.10000000000000000000000010 by float64, yet 0.1 is not the latter), so
+// one operand cannot stand for another it equals (found by an adversarial
+// review).
 func containsTerm(ts []*ast.Term, t *ast.Term) bool {
 	for _, x := range ts {
-		if x.Equal(t) {
+		if x.Value.String() == t.Value.String() {
 			return true
 		}
 	}
