@@ -11,8 +11,8 @@ import (
 // step, so keyed by its value a long run would never hit the cache, yet the
 // bundled policy only compares it with thresholds. When every reference to an
 // input path P in the reachable modules is, whole, one operand of a
-// comparison (>, >=, <, <=, ==, !=) whose other operand is a constant input
-// path or a scalar, every rule sees P only through those comparisons, and
+// comparison (>, >=, <, <=, ==, !=) whose other operand is another input
+// path with constant keys, every rule sees P only through those comparisons, and
 // each of their results follows from P.Compare(other) and
 // ast.ValueEqual(P, other), exactly what OPA's comparison built-ins compute.
 // The key then holds those signs instead of P's value. Any other use of P (or
@@ -103,15 +103,16 @@ func comparedPaths(mods []*ast.Module, paths []ast.Ref) map[string][]*ast.Term {
 	return out
 }
 
-// constantOperand: a scalar, or an input path with constant keys.
+// constantOperand: an input path with constant keys. Not a literal: OPA's
+// rule index looks == literals up by hash, and number literals bring
+// spellings whose equality is not transitive (three adversarial reviews
+// found bypasses there, TestCacheAttacks); comparing a path with a literal
+// keeps its value in the key, which costs nothing when the value is as
+// steady as a flag. Two input paths compared are never indexed, and each
+// pair's outcome is computed exactly as the built-in computes it.
 func constantOperand(t *ast.Term) bool {
-	switch v := t.Value.(type) {
-	case ast.Null, ast.Boolean, ast.Number, ast.String:
-		return true
-	case ast.Ref:
-		return v.HasPrefix(ast.InputRootRef) && len(v) > 1 && len(constPrefix(v)) == len(v)
-	}
-	return false
+	v, ok := t.Value.(ast.Ref)
+	return ok && v.HasPrefix(ast.InputRootRef) && len(v) > 1 && len(constPrefix(v)) == len(v)
 }
 
 // containsTerm compares operands by their text, not by value: OPA's number

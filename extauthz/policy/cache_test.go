@@ -265,9 +265,10 @@ func TestComparedPaths(t *testing.T) {
 		body string
 		want map[string]string // path → its operands; absent: value kept
 	}{
-		"compared":           {"x if input.r > 1\ny if input.r <= 3", map[string]string{"input.r": "1 3"}},
-		"two paths":          {"x if input.r > input.s", map[string]string{"input.r": "input.s", "input.s": "input.r"}},
-		"negated":            {"x if not input.r == true", map[string]string{"input.r": "true"}},
+		"two paths":          {"x if input.r > input.s\ny if input.r <= input.t", map[string]string{"input.r": "input.s input.t", "input.s": "input.r", "input.t": "input.r"}},
+		"negated":            {"x if not input.r == input.s", map[string]string{"input.r": "input.s", "input.s": "input.r"}},
+		"literal":            {"x if input.r > 1\ny if input.r <= 3", nil},
+		"flag":               {"x if input.r == true", nil},
 		"assigned too":       {"x if input.r > 1\ny := input.r", nil},
 		"with on comparison": {"x if input.r > 1 with input.r as 0", nil},
 		"with elsewhere":     {"x if y with input.r as 0\ny if input.r > 1", nil},
