@@ -226,6 +226,7 @@ func TestCacheAttacks(t *testing.T) {
 	all := maps.Clone(attacks)
 	maps.Copy(all, attacks2)
 	maps.Copy(all, attacks3)
+	maps.Copy(all, attacks4)
 	for name, a := range all {
 		t.Run(name, func(t *testing.T) {
 			b, err := loadMods(t, a.mods)
