@@ -35,8 +35,8 @@ func TestDependencyDirection(t *testing.T) {
 		{func(p string) bool { return under(p, "extauthz/egress") }, []string{"extauthz/plan", "extauthz/capability", "extauthz/policy", "riskstore"}},
 		{func(p string) bool { return under(p, "extauthz/reason") }, []string{"extauthz", "riskstore", "xds", "cmd", "integration", "policies"}},
 		{func(p string) bool { return under(p, "integration") }, []string{"extauthz", "riskstore"}},
-		// internal/ holds test instruments (starting real processes): they
-		// import no product code.
+		// internal/ holds test instruments (starting real processes) and
+		// leaf helpers (secretfile): they import no product code.
 		{func(p string) bool { return under(p, "internal") }, []string{"extauthz", "riskstore", "xds", "cmd", "integration"}},
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {

@@ -13,6 +13,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/aisecops/aisecops-envoy/internal/secretfile"
 )
 
 // Default key file names, looked for in the log's directory (the log's own
@@ -72,7 +74,7 @@ func loadOrCreateChainKey(path string) ([]byte, error) {
 	}
 	key = make([]byte, chainKeyLen)
 	rand.Read(key)
-	if err := writeNewSecret(path, key); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := secretfile.WriteNew(path, key); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("audit: create key %s: %w", path, err)
 	}
 	// Created, or another process created it first: read it back so that both agree.
@@ -111,7 +113,7 @@ func loadOrCreateSigningKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: signing key: %w", err)
 	}
-	if err := writeNewSecret(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := secretfile.WriteNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("audit: create signing key %s: %w", path, err)
 	}
 	return LoadSigningKey(path)
@@ -177,36 +179,4 @@ func readBounded(path string) ([]byte, error) {
 		return nil, fmt.Errorf("audit: key %s: larger than %d bytes", path, maxKeyFileBytes)
 	}
 	return data, nil
-}
-
-// writeNewSecret writes data to path with mode 0600 (parent directories 0700),
-// never replacing an existing file and never leaving a partial one: it writes
-// a temporary file, then hard-links it into place, which fails with
-// os.ErrExist if path exists.
-func writeNewSecret(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, ".key-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Link(tmp.Name(), path)
 }

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/aisecops/aisecops-envoy/internal/secretfile"
 )
 
 // Sealed is a value encrypted by a Sealer: AES-256-GCM under the key KeyID
@@ -137,7 +139,7 @@ func (s *Sealer) Rotate() (string, error) {
 	id := fmt.Sprintf("%04d-%x", n+1, suffix)
 	key := make([]byte, chainKeyLen)
 	rand.Read(key)
-	if err := writeNewSecret(filepath.Join(s.dir, id), key); err != nil {
+	if err := secretfile.WriteNew(filepath.Join(s.dir, id), key); err != nil {
 		return "", fmt.Errorf("audit: seal key: %w", err)
 	}
 	if err := s.load(); err != nil {

@@ -12,9 +12,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/aisecops/aisecops-envoy/internal/secretfile"
 )
 
 // Signer signs capability tokens (the development key, the token service).
@@ -186,7 +187,7 @@ func LoadOrCreateDevKey(path string) (s Signer, created bool, err error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("capability: dev key: %w", err)
 	}
-	if err := writeNewFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+	if err := secretfile.WriteNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			// Another process created it first: use theirs, so both agree.
 			s, err := LoadSignerFile(path)
@@ -196,37 +197,6 @@ func LoadOrCreateDevKey(path string) (s Signer, created bool, err error) {
 	}
 	s, err = NewSigner(priv, "")
 	return s, err == nil, err
-}
-
-// writeNewFile writes data to path with mode 0600, never replacing an existing
-// file and never leaving a partial one: it writes a temporary file and then
-// hard-links it into place, which fails if path already exists.
-func writeNewFile(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, ".devkey-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Link(tmp.Name(), path)
 }
 
 // PublicJWKS is the JWK Set of the signers' public keys, for publishing

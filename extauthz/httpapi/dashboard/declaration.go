@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/aisecops/aisecops-envoy/internal/secretfile"
 )
 
 // Declaration is the section 21.3 declaration of compliance.
@@ -55,8 +57,17 @@ type DeclarationKey struct {
 
 // LoadOrCreateDeclarationKey reads an Ed25519 key (PKCS#8 PEM) at path,
 // creating it (0600) and its public half (path without .pem + .pub.pem) if
-// absent.
+// absent. Two replicas creating it at once agree on one key: the first
+// write wins and the other reads it.
 func LoadOrCreateDeclarationKey(path string) (*DeclarationKey, error) {
+	k, err := createDeclarationKey(path)
+	if errors.Is(err, os.ErrExist) {
+		return readDeclarationKey(path)
+	}
+	return k, err
+}
+
+func readDeclarationKey(path string) (*DeclarationKey, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		blk, _ := pem.Decode(b)
 		if blk == nil {
@@ -74,6 +85,15 @@ func LoadOrCreateDeclarationKey(path string) (*DeclarationKey, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("declaration key: %w", err)
 	}
+	return nil, os.ErrNotExist
+}
+
+// createDeclarationKey reads the key at path, or creates it; os.ErrExist
+// when another process created it meanwhile.
+func createDeclarationKey(path string) (*DeclarationKey, error) {
+	if k, err := readDeclarationKey(path); !errors.Is(err, os.ErrNotExist) {
+		return k, err
+	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, err
@@ -82,7 +102,10 @@ func LoadOrCreateDeclarationKey(path string) (*DeclarationKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := secretfile.WriteNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("declaration key: %w", err)
 	}
 	k := &DeclarationKey{priv: priv}

@@ -3,8 +3,10 @@ package dashboard
 import (
 	"bytes"
 	"encoding/json"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,5 +54,27 @@ func TestParseLineSkipsOnlyReplayFields(t *testing.T) {
 	got, err := parseLine([]byte(nested))
 	if err != nil || got.Tool != "t" || got.Decision != "allow" || got.Detail["input"] != "c" {
 		t.Fatalf("a cut inside a nested object did not fall back: %+v, %v", got, err)
+	}
+}
+
+// TestDeclarationKeyCreatedOnce: replicas creating the declaration key at the
+// same moment end up signing with one key.
+func TestDeclarationKeyCreatedOnce(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "declaration-signing-key.pem")
+	keys := make([]*DeclarationKey, 8)
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() { keys[i], errs[i] = LoadOrCreateDeclarationKey(path) })
+	}
+	wg.Wait()
+	for i, k := range keys {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if !bytes.Equal(k.PublicPEM(), keys[0].PublicPEM()) {
+			t.Fatalf("replica %d signs with another key", i)
+		}
 	}
 }
