@@ -70,12 +70,12 @@ const (
 // Keys. Ids are hashed (the first 128 bits of SHA-256, in hex) so that any
 // bytes are accepted and no id can put a brace in a key:
 //
-//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:state     hash: counters, risk, start, ttl, expiry
-//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:facts     sorted set: the run's sticky facts
-//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:req       hash: request id → prior
-//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:reqorder  list: request ids, oldest first
-//	<prefix>:{a:<H(agent)>}:usage                   hash: the agent's window usage
-//	<prefix>:{o:<H(run id)>}:owner                  string: the agent owning the run id
+//	<prefix>:{a:<H(agent)>}:r:<H(run id)>:run  hash: counters, risk, start, ttl, expiry, owner mark, facts, request ids
+//	<prefix>:{a:<H(agent)>}:use                string: the agent's window usage
+//	<prefix>:{o:<H(run id)>}:owner             string: the agent owning the run id
+//
+// (Before this layout a run took four keys and the usage a hash, under other
+// names; an upgrade starts live runs afresh rather than misread them.)
 //
 // Every run of an agent and the agent's window usage share the hash tag
 // {a:<H(agent)>}, so one script commits a step and the agent's window budget
@@ -85,19 +85,22 @@ const (
 // more of them.
 //
 // Ownership. The owner key has its own hash tag (by run id): it is global
-// across agents. On a single node it is passed to the run scripts in KEYS (a
-// plain Redis does not enforce slots), so a Commit is one round trip, first
-// step included, and owners are claimed and refreshed exactly as in Memory.
-// On a Cluster it cannot be: a run records in its state hash how long its
-// owner key is known to live ("oexp"), and a Commit takes one round trip while
-// that outlives the run. Otherwise (a run's first commit, or every ttl or so
-// of activity) the script changes nothing and answers what it would do; the
-// store checks or claims the owner key in a second call, then commits in a
-// third. A Commit's claim on a Cluster keeps the owner for clusterOwnerFactor
-// times the run's ttl, since Loads and refusals refresh the run but, to stay
-// one round trip, not the owner: a run kept alive only by Loads past its
-// owner's lifetime is refused (RunOwned) if another agent claims its id
-// meanwhile, which fails closed.
+// across agents. A run records in its hash until when its owner key is known
+// to be the agent's (its mark); while that outlives the run, a commit does not
+// touch the owner key. A commit's claim keeps the owner for ownerFactor times
+// the run's ttl, so the owner is read and extended about once per ttl of a
+// run's activity. An owner therefore outlives its run by up to that much:
+// meanwhile another agent's use of the run id is refused (RunOwned), which
+// fails closed. On a single node the owner key is passed to the run scripts
+// in KEYS (a plain Redis does not enforce slots), so a Commit is one round
+// trip, first step included. On a Cluster it cannot be: when the run is not
+// marked (a run's first commit, or every ttl or so of activity) the script
+// changes nothing and answers what it would do; the store checks or claims
+// the owner key in a second call, then commits in a third. Loads and
+// refusals refresh a run; on a Cluster, to stay one round trip, they do not
+// refresh its owner: a run kept alive only by Loads past its owner's lifetime
+// is refused (RunOwned) if another agent claims its id meanwhile, which fails
+// closed.
 type Redis struct {
 	cluster    *redis.ClusterClient // nil on a single node
 	nodeClient atomic.Pointer[redis.Client]
@@ -113,6 +116,7 @@ type Redis struct {
 	durability     durability
 	approvalLimits ApprovalLimits
 	log            redisLog
+	commits        scriptBatcher // Commit's script calls, batched under load
 }
 
 var (
@@ -153,6 +157,8 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		return nil, fmt.Errorf("riskstore: redis: %w", err)
 	}
 	r := &Redis{prefix: prefix, now: now, anonPrefix: "\x00" + hex.EncodeToString(anon[:]) + ":"}
+	r.commits = scriptBatcher{script: commitScript, client: r.c, maxInFlight: maxBatchInFlight,
+		timeout: timeout * time.Duration(max(retries, 0)+2)}
 	r.durability.required = opts.RequireDurable
 	r.approvalLimits = opts.ApprovalLimits
 
@@ -276,9 +282,9 @@ func (r *Redis) Ping(ctx context.Context) error {
 	return nil
 }
 
-// clusterOwnerFactor: on a Cluster a Commit's claim keeps the owner key this
-// many times the run's ttl (see Redis).
-const clusterOwnerFactor = 2
+// ownerFactor: a Commit's claim keeps the owner key this many times the
+// run's ttl (see Redis).
+const ownerFactor = 2
 
 // idHash names an id in keys: the first 128 bits of its SHA-256, in hex.
 func idHash(id string) string {
@@ -286,22 +292,27 @@ func idHash(id string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-// runKeys are the keys a run script touches, in KEYS order: the run's state,
-// facts, request ids and their order, and the agent's usage (all under the
-// agent's hash tag), then, on a single node only, the run id's owner.
+// runKeys are the keys a run script touches, in KEYS order: the run and the
+// agent's usage (both under the agent's hash tag), then, on a single node
+// only, the run id's owner.
 type runKeys struct {
-	run   [5]string
+	run   [2]string
 	owner string
 }
 
 func (r *Redis) runKeys(ref RunRef) runKeys {
-	agent := r.prefix + ":{a:" + idHash(ref.Agent) + "}:"
-	id := idHash(ref.ID)
-	base := agent + "r:" + id + ":"
 	return runKeys{
-		run:   [5]string{base + "state", base + "facts", base + "req", base + "reqorder", agent + "usage"},
-		owner: r.prefix + ":{o:" + id + "}:owner",
+		run:   [2]string{r.runBase(ref) + "run", r.agentBase(ref.Agent) + "use"},
+		owner: r.prefix + ":{o:" + idHash(ref.ID) + "}:owner",
 	}
+}
+
+// agentBase starts the keys under an agent's hash tag.
+func (r *Redis) agentBase(agent string) string { return r.prefix + ":{a:" + idHash(agent) + "}:" }
+
+// runBase starts a run's keys (its hash, step log and summary).
+func (r *Redis) runBase(ref RunRef) string {
+	return r.agentBase(ref.Agent) + "r:" + idHash(ref.ID) + ":"
 }
 
 // keys returns KEYS for a run script: the owner key is included on a single
@@ -331,7 +342,7 @@ func (r *Redis) CommitsNonces() bool { return r.cluster == nil }
 // changes between attempts; see commitScript for the rest.
 const (
 	argMode   = 1 // "node" or "cluster"
-	argOwnerR = 2 // cluster: what the store knows of the owner (see commitScript)
+	argOwnerR = 2 // node: how long a claim keeps the owner; cluster: what the store knows of it (see commitScript)
 )
 
 // Commit implements Store. On a single node it is one script call. On a
@@ -354,6 +365,7 @@ func (r *Redis) Commit(ctx context.Context, ref RunRef, step Step, limits Limits
 	args := r.commitArgs(ref, step, limits, ttl)
 	if r.cluster == nil {
 		args[argMode-1] = "node"
+		args[argOwnerR-1] = max(ownerFactor*ttl.Milliseconds(), 1)
 		keys := r.keys(k)
 		if step.Nonce != "" {
 			keys = append(keys, r.nonceKey(step.Nonce))
@@ -390,7 +402,7 @@ func (r *Redis) Commit(ctx context.Context, ref RunRef, step Step, limits Limits
 		}
 		opTTL := ttl
 		if op == ownerClaim {
-			opTTL = clusterOwnerFactor * ttl
+			opTTL = ownerFactor * ttl
 		}
 		sent := time.Now()
 		owner, pttl, err := r.ownerCall(ctx, k.owner, op, ref.Agent, opTTL)
@@ -453,8 +465,9 @@ func (r *Redis) commitArgs(ref RunRef, step Step, limits Limits, ttl time.Durati
 		step.NonceOwner, strconv.FormatInt(max(step.NonceTTL.Milliseconds(), 1), 10),
 	)
 	for _, f := range step.Facts {
-		// mergeFacts skips these too; dropping them here keeps ARGV small.
-		if f != "" && len(f) <= MaxFactLen {
+		// mergeFacts skips these too; dropping them here keeps ARGV small
+		// (and the newline-joined list in the run hash unambiguous).
+		if validFact(f) {
 			args = append(args, f)
 		}
 	}
@@ -462,7 +475,7 @@ func (r *Redis) commitArgs(ref RunRef, step Step, limits Limits, ttl time.Durati
 }
 
 func (r *Redis) runCommit(ctx context.Context, ref RunRef, keys []string, args []any) (runReply, error) {
-	raw, err := commitScript.Run(ctx, r.c(), keys, args...).Slice()
+	raw, err := r.commits.run(ctx, keys, args)
 	if err != nil {
 		return runReply{}, fmt.Errorf("riskstore: commit run %q: %w", truncate(ref.ID), err)
 	}
@@ -487,7 +500,7 @@ func (r *Redis) Load(ctx context.Context, ref RunRef, requestID string) (State, 
 	if r.cluster != nil {
 		node = "0"
 	}
-	raw, err := loadScript.Run(ctx, r.c(), r.keys(r.runKeys(ref)), field, node, ref.Agent).Slice()
+	raw, err := loadScript.Run(ctx, r.c(), r.keys(r.runKeys(ref)), field, node, ref.Agent, ownerFactor).Slice()
 	if err != nil {
 		return State{}, fmt.Errorf("riskstore: load run %q: %w", truncate(ref.ID), err)
 	}

@@ -3,6 +3,7 @@ package riskstore
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -46,7 +47,15 @@ func decodeReply(ref RunRef, res []any) (runReply, error) {
 	if len(res) != runReplyLen {
 		return runReply{}, fmt.Errorf("%w: %d elements", errBadReply, len(res))
 	}
-	str := func(i int) string { s, _ := res[i].(string); return s }
+	str := func(i int) string {
+		switch v := res[i].(type) {
+		case string:
+			return v
+		case int64: // the scripts reply with whole numbers as integers
+			return strconv.FormatInt(v, 10)
+		}
+		return ""
+	}
 	var out runReply
 	switch o := str(0); {
 	case o == "":
@@ -81,11 +90,12 @@ func decodeReply(ref RunRef, res []any) (runReply, error) {
 	if st.StartedAt, err = decodeMicros(str(6)); err != nil {
 		return runReply{}, err
 	}
-	if facts, _ := res[7].([]any); len(facts) > 0 {
-		st.Facts = make([]string, len(facts))
-		for i, f := range facts {
-			var ok bool
-			if st.Facts[i], ok = f.(string); !ok || (i > 0 && st.Facts[i] <= st.Facts[i-1]) {
+	if facts := str(7); facts != "" {
+		// Joined by newlines in the order they came (see runLib).
+		st.Facts = strings.Split(facts, "\n")
+		slices.Sort(st.Facts)
+		for i, f := range st.Facts {
+			if f == "" || (i > 0 && f == st.Facts[i-1]) {
 				return runReply{}, fmt.Errorf("%w: facts", errBadReply)
 			}
 		}

@@ -3,7 +3,6 @@ package riskstore
 import (
 	"math"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -48,22 +47,17 @@ func FuzzDecodePrior(f *testing.F) {
 	})
 }
 
-// replyOf builds a script reply from its fields, facts joined by newlines.
+// replyOf builds a script reply from its fields (facts joined by newlines,
+// as the run hash keeps them).
 func replyOf(outcome, limit, calls, writes, cost, risk, start, facts, prior, now, acalls, acost, astart string) []any {
-	var fs []any
-	if facts != "" {
-		for f := range strings.SplitSeq(facts, "\n") {
-			fs = append(fs, f)
-		}
-	}
-	return []any{outcome, limit, calls, writes, cost, risk, start, fs, prior, now, acalls, acost, astart}
+	return []any{outcome, limit, calls, writes, cost, risk, start, facts, prior, now, acalls, acost, astart}
 }
 
 func TestDecodeReply(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 123456000, time.UTC)
 	us := strconv.FormatInt(now.UnixMicro(), 10)
-	got, err := decodeReply(runA, replyOf("dup", "0", "3", "1", "-5", "0.30000000000000004", us, "a\nb", "0.3|0.1|d", us, "7", "9", us))
+	got, err := decodeReply(runA, replyOf("dup", "0", "3", "1", "-5", "0.30000000000000004", us, "b\na", "0.3|0.1|d", us, "7", "9", us)) // stored in the order they came
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +86,7 @@ func TestDecodeReply(t *testing.T) {
 		"counter":       replyOf("ok", "0", "1.5", "0", "0", "0", "", "", "", us, "0", "0", ""),
 		"risk":          replyOf("ok", "0", "0", "0", "0", "x", "", "", "", us, "0", "0", ""),
 		"start":         replyOf("ok", "0", "0", "0", "0", "0", "-1", "", "", us, "0", "0", ""),
-		"unsorted":      replyOf("ok", "0", "0", "0", "0", "0", "", "b\na", "", us, "0", "0", ""),
+		"empty fact":    replyOf("ok", "0", "0", "0", "0", "0", "", "b\n\na", "", us, "0", "0", ""),
 		"repeated fact": replyOf("ok", "0", "0", "0", "0", "0", "", "a\na", "", us, "0", "0", ""),
 		"prior":         replyOf("dup", "0", "0", "0", "0", "0", "", "", "x", us, "0", "0", ""),
 		"no time":       replyOf("ok", "0", "0", "0", "0", "0", "", "", "", "", "0", "0", ""),

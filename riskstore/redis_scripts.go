@@ -3,9 +3,11 @@ package riskstore
 import "github.com/redis/go-redis/v9"
 
 // The scripts take every key in KEYS (never built inside the script, so they
-// run on Redis Cluster) and return numbers as strings: Redis truncates Lua
-// numbers to integers, and Lua's own tostring keeps only 14 digits, too few
-// for a time in microseconds (int() below formats them exactly). Risk totals
+// run on Redis Cluster). They store integers as strings formatted by int()
+// (Lua's own tostring keeps only 14 digits, too few for a time in
+// microseconds) and return them as numbers (Redis replies with a Lua number
+// truncated to an integer: exact for the whole numbers below 2^53 they
+// hold; checkNumbers keeps costs there); anything else as a string. Risk totals
 // are added in Lua doubles and stored with %.17g, so they round-trip bit for
 // bit and equal the in-memory store's float64 sums (HINCRBYFLOAT would add in
 // long double and drift from it in the last digits).
@@ -14,126 +16,161 @@ import "github.com/redis/go-redis/v9"
 // until the year 2255). Scripts are replicated by their effects (the default
 // since Redis 5, the only mode in 7), so reading TIME before writing is safe.
 
-// runLib is shared by the run scripts. KEYS: 1 the run's state hash, 2 its
-// facts (a sorted set, all scores 0, so ranges come back in byte order, as Go
-// sorts strings), 3 its request ids (field → prior), 4 their order (a list),
-// 5 the agent's window usage hash, and on a single node 6 the run id's owner.
+// runLib is shared by the run scripts. KEYS: 1 the run (one hash), 2 the
+// agent's window usage (a string), and on a single node 3 the run id's owner.
 //
-// State hash fields: calls (the tool calls, which are also the version),
-// writes, cost, risk, start (µs), ttl (ms, of the last commit: what a Load
-// renews), exp (ms: when every run key expires), and on a Cluster oexp (ms:
-// how long the owner key is known to live). Usage hash: ws (window start, µs),
-// w (window length, µs), calls, cost; it expires when its window ends or ttl
-// after its last commit, whichever is later.
+// Run hash fields: c (the tool calls, which are also the version), w (writes),
+// $ (cost), k (risk total), s (start µs), t (ttl ms of the last commit: what a
+// Load renews), e (ms: when the run expires), o (ms: how long the owner key is
+// known to be the agent's: the run's mark), f (the sticky facts, joined by
+// newlines, in the order they came: Go sorts them), r:<request field> (that
+// request's prior) and q:<n> (the request field committed at slot n of a ring
+// of maxRequestIDs, so the oldest is forgotten first). One hash, one expiry
+// and no read-back keep a commit to a handful of calls: what a Check costs
+// Redis is mostly how many commands its script runs.
+//
+// Usage string: "<window start µs>|<window µs>|<calls>|<cost>|<expiry ms>"; it
+// expires when its window ends or ttl after its last commit, whichever is
+// later, and never sooner than it did.
 //
 // The reply: {outcome, limit code, calls, writes, cost, risk, start µs or empty,
-// {facts…}, prior or empty, now µs, agent calls, agent cost, agent window start
-// µs or empty}. See decodeReply.
+// facts, prior or empty, now µs, agent calls, agent cost, agent window start µs
+// or empty}. See decodeReply.
 const runLib = `
 local t = redis.call('TIME')
 local nowUs = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nowMs = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function int(n) return string.format('%.0f', n) end
 
--- usage is the agent's use in the window of w µs holding now, and its start.
-local function usage(w)
+-- readUse reads the agent's usage: {window start, window, calls, cost, expiry}.
+local function readUse()
+  local v = redis.call('GET', KEYS[2])
+  if not v then return nil end
+  local u = {string.match(v, '^([^|]+)|([^|]+)|([^|]+)|([^|]+)|([^|]+)$')}
+  for i = 1, 5 do
+    u[i] = tonumber(u[i])
+    -- Never read as no use at all: that would reset the agent's budget.
+    if not u[i] then error('malformed agent usage') end
+  end
+  return u
+end
+
+-- inWindow is the use u counted in the window of w µs holding now, and its start.
+local function inWindow(u, w)
   if w <= 0 then return 0, 0, nil end
   local start = nowUs - math.fmod(nowUs, w)
-  local a = redis.call('HMGET', KEYS[5], 'ws', 'calls', 'cost')
-  if a[1] and tonumber(a[1]) == start then return tonumber(a[2]), tonumber(a[3]), start end
+  if u and u[1] == start then return u[3], u[4], start end
   return 0, 0, start
 end
 
-local function reply(outcome, limit, prior)
-  local v = redis.call('HMGET', KEYS[1], 'calls', 'writes', 'cost', 'risk', 'start')
-  -- The agent's use as a Load reports it: in the current window of the
-  -- length it was last counted in.
+-- readRun reads the run hash: its state, and the prior of request field rf.
+local function readRun(rf)
+  local s = redis.call('HMGET', KEYS[1], 'c', 'w', '$', 'k', 's', 'e', 'o', 'f', 't', 'r:' .. rf)
+  return {exists = s[1] ~= false, c = tonumber(s[1] or '0'), w = tonumber(s[2] or '0'),
+    cost = tonumber(s[3] or '0'), risk = s[4] or '0', start = s[5] or nil,
+    e = tonumber(s[6] or '0'), o = tonumber(s[7] or '0'), f = s[8] or '', ttl = tonumber(s[9] or '0'),
+    prior = s[10] or nil}
+end
+
+-- reply reports st and, as a Load reports it, the agent's use u in the
+-- current window of the length it was last counted in.
+local function reply(outcome, limit, st, prior, u)
   local ac, acost, as = 0, 0, nil
-  local w = redis.call('HGET', KEYS[5], 'w')
-  if w then ac, acost, as = usage(tonumber(w)) end
-  return {outcome, tostring(limit), v[1] or '0', v[2] or '0', v[3] or '0', v[4] or '0', v[5] or '',
-    redis.call('ZRANGE', KEYS[2], 0, -1), prior or '', int(nowUs), int(ac), int(acost), as and int(as) or ''}
+  if u then ac, acost, as = inWindow(u, u[2]) end
+  return {outcome, limit, st.c, st.w, st.cost, st.risk, st.start or '',
+    st.f, prior or '', nowUs, ac, acost, as or ''}
 end
 
--- extend keeps every key of the run until at least now + ttl ms, never
--- shortening its life; exp is when it expires now.
-local function extend(ttl, exp)
-  local e = math.max(exp, nowMs + ttl)
-  redis.call('HSET', KEYS[1], 'exp', int(e))
-  for i = 1, 4 do redis.call('PEXPIREAT', KEYS[i], int(e)) end
-end
-
--- touchOwner (single node) extends the owner's life to now + ttl ms if agent owns the run id.
-local function touchOwner(agent, ttl)
-  if redis.call('GET', KEYS[6]) == agent and redis.call('PTTL', KEYS[6]) < ttl then
-    redis.call('PEXPIRE', KEYS[6], ttl)
+-- holdOwner (single node) keeps the owner key (KEYS[3]), which is the
+-- agent's or nobody's, for at least ms from now, claiming it if claim is set;
+-- it returns until when (ms) the key is known to be the agent's, or nil.
+local function holdOwner(owner, ms, claim)
+  if not owner then
+    if not claim then return nil end
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ms)
+    return nowMs + ms
   end
+  local p = redis.call('PTTL', KEYS[3])
+  if p < ms then
+    redis.call('PEXPIRE', KEYS[3], ms)
+    p = ms
+  end
+  return nowMs + p
 end
 `
 
 // commitScript mirrors Memory.Commit: the owner, then duplicate, then version,
 // then the limits of Exceeds (same order, same epsilon), then the step.
 //
-// The run's version is its 'calls' counter: every commit adds exactly one and
+// The run's version is its 'c' counter: every commit adds exactly one and
 // nothing else changes it, so it is the number of commits by definition.
 //
-// ARGV: 1 mode ("node" or "cluster"), 2 owner knowledge on a Cluster (-1: none,
-// rely on the run's mark; 0: checked, nobody else owns it, not claimed; > 0:
-// claimed by the agent, for that many ms), 3 agent, 4 request field, 5 prior
-// payload "<step risk>|<decision id>", 6 expected version or -1, 7 max calls,
-// 8 max writes, 9 max cost, 10 max execution µs or empty, 11 max risk, 12 epsilon,
+// The run's owner. The hash's 'o' says until when the owner key is known to
+// be the agent's; while that outlives the run (its "mark"), no other agent
+// can own the id and the owner key is not read. On a single node an unmarked
+// commit reads the owner key, refuses the step if another agent holds it, and
+// claims or extends it for ARGV[2] ms (ownerFactor × ttl, so that this happens
+// about once per ttl of activity, not on every step). On a Cluster the owner
+// key is in another slot: see Redis.Commit.
+//
+// ARGV: 1 mode ("node" or "cluster"), 2 on a single node the ms a claim keeps
+// the owner for; on a Cluster what is known of the owner (-1: nothing, rely on
+// the run's mark; 0: checked, nobody else owns it, not claimed; > 0: claimed
+// by the agent, for that many ms), 3 agent, 4 request field, 5 prior payload
+// "<step risk>|<decision id>", 6 expected version or -1, 7 max calls, 8 max
+// writes, 9 max cost, 10 max execution µs or empty, 11 max risk, 12 epsilon,
 // 13 agent window µs or 0, 14 agent max calls, 15 agent max cost, 16 write
 // 0/1, 17 step cost, 18 step risk, 19 ttl ms, 20 request ids kept, 21 max
-// facts, 22 nonce owner, 23 nonce ttl ms, 24… the step's facts. KEYS[7], on a
-// single node, is the step's nonce (Step.Nonce): refused as 'replayed' when
-// another owner holds it, set when the step commits.
+// facts, 22 nonce owner, 23 nonce ttl ms, 24… the step's facts (none holding
+// a newline). KEYS[4], on a single node, is the step's nonce (Step.Nonce):
+// refused as 'replayed' when another owner holds it, set when the step
+// commits.
 //
-// On a Cluster, when the run is not known to be owned by the agent for longer
-// than it will live, the script returns its outcome prefixed with '?' and
-// changes nothing; Redis.Commit then checks or claims the owner and calls it
-// again with ARGV[2] set.
+// On a Cluster, when the run is not marked, the script returns its outcome
+// prefixed with '?' and changes nothing; Redis.Commit then checks or claims
+// the owner and calls it again with ARGV[2] set.
 var commitScript = redis.NewScript(runLib + `
-local node, ownerR, agent = ARGV[1] == 'node', tonumber(ARGV[2]), ARGV[3]
+local node, agent = ARGV[1] == 'node', ARGV[3]
 local ttl = tonumber(ARGV[19])
-if node then
-  local o = redis.call('GET', KEYS[6])
-  if o and o ~= agent then return reply('refused', 8, nil) end
+local st = readRun(ARGV[4])
+local newExp = math.max(st.e, nowMs + ttl)
+local marked = st.exists and st.o >= newExp
+local owner = false
+if node and not marked then
+  owner = redis.call('GET', KEYS[3])
+  if owner and owner ~= agent then return reply('refused', 8, st, nil, readUse()) end
 end
 
-local s = redis.call('HMGET', KEYS[1], 'calls', 'writes', 'cost', 'risk', 'start', 'exp', 'oexp')
-local exists = s[1] ~= false
-local calls, writes = tonumber(s[1] or '0'), tonumber(s[2] or '0')
-local cost, risk = tonumber(s[3] or '0'), tonumber(s[4] or '0')
-local exp = tonumber(s[6] or '0')
+local u = readUse()
 local write = ARGV[16] == '1'
 local stepCost, stepRisk = tonumber(ARGV[17]), tonumber(ARGV[18])
 local agentW = tonumber(ARGV[13])
-local acalls, acost, astart = usage(agentW)
+local acalls, acost, astart = inWindow(u, agentW)
 
 local outcome, limit, prior = 'ok', 0, nil
-if exists and ARGV[4] ~= '' then prior = redis.call('HGET', KEYS[3], ARGV[4]) end
+if st.exists and ARGV[4] ~= '' then prior = st.prior end
 local expect = tonumber(ARGV[6])
-local nonceKey = node and KEYS[7] or nil
+local nonceKey = node and KEYS[4] or nil
 local holder = nonceKey and redis.call('GET', nonceKey) or false
 if prior then
   outcome = 'dup'
 elseif holder and holder ~= ARGV[22] then
   outcome = 'replayed'
-elseif expect >= 0 and calls ~= expect then
+elseif expect >= 0 and st.c ~= expect then
   outcome = 'stale'
 else
   local maxCalls, maxWrites, maxCost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local maxRisk, eps = tonumber(ARGV[11]), tonumber(ARGV[12])
   local aMaxCalls, aMaxCost = tonumber(ARGV[14]), tonumber(ARGV[15])
-  if maxCalls > 0 and calls + 1 > maxCalls then
+  if maxCalls > 0 and st.c + 1 > maxCalls then
     limit = 1
-  elseif maxWrites > 0 and write and writes + 1 > maxWrites then
+  elseif maxWrites > 0 and write and st.w + 1 > maxWrites then
     limit = 2
-  elseif maxCost > 0 and cost + stepCost > maxCost then
+  elseif maxCost > 0 and st.cost + stepCost > maxCost then
     limit = 3
-  elseif ARGV[10] ~= '' and s[5] and nowUs - tonumber(s[5]) > tonumber(ARGV[10]) then
+  elseif ARGV[10] ~= '' and st.start and nowUs - tonumber(st.start) > tonumber(ARGV[10]) then
     limit = 4
-  elseif maxRisk > 0 and risk + stepRisk > maxRisk + eps then
+  elseif maxRisk > 0 and tonumber(st.risk) + stepRisk > maxRisk + eps then
     limit = 5
   elseif agentW > 0 and aMaxCalls > 0 and acalls + 1 > aMaxCalls then
     limit = 6
@@ -143,81 +180,115 @@ else
   if limit ~= 0 then outcome = 'refused' end
 end
 
+-- mark is the run's new 'o', when this call learns one.
+local mark = nil
 if not node then
-  -- The run's mark: its owner key outlives the run even after this call.
-  local marked = s[7] and tonumber(s[7]) >= math.max(exp, nowMs + ttl)
+  local ownerR = tonumber(ARGV[2])
   if not marked and (ownerR < 0 or (ownerR == 0 and outcome == 'ok')) then
-    return reply('?' .. outcome, limit, prior)
+    return reply('?' .. outcome, limit, st, prior, u)
   end
-  if ownerR > 0 and (exists or outcome == 'ok') then
-    redis.call('HSET', KEYS[1], 'oexp', int(nowMs + ownerR))
+  if ownerR > 0 and (st.exists or outcome == 'ok') then
+    mark = nowMs + ownerR
+    if outcome ~= 'ok' and outcome ~= 'refused' then redis.call('HSET', KEYS[1], 'o', int(mark)) end
   end
 end
 
-if outcome == 'dup' then return reply('dup', 0, prior) end
-if outcome == 'replayed' then return reply('replayed', 0, nil) end
-if outcome == 'stale' then return reply('stale', 0, nil) end
+if outcome == 'dup' then return reply('dup', 0, st, prior, u) end
+if outcome == 'replayed' then return reply('replayed', 0, st, nil, u) end
+if outcome == 'stale' then return reply('stale', 0, st, nil, u) end
 if outcome == 'refused' then
   -- A refused run stays refused: it does not expire and come back fresh.
-  if exists then
-    extend(ttl, exp)
-    if node then touchOwner(agent, ttl) end
+  if st.exists then
+    if node and not marked then mark = holdOwner(owner, tonumber(ARGV[2]), false) end
+    if mark then
+      redis.call('HSET', KEYS[1], 'e', int(newExp), 'o', int(mark))
+    else
+      redis.call('HSET', KEYS[1], 'e', int(newExp))
+    end
+    redis.call('PEXPIREAT', KEYS[1], int(newExp))
   end
-  return reply('refused', limit, nil)
+  return reply('refused', limit, st, nil, u)
 end
 
-if not exists then redis.call('HSET', KEYS[1], 'start', int(nowUs)) end
-redis.call('HINCRBY', KEYS[1], 'calls', 1)
-if write then redis.call('HINCRBY', KEYS[1], 'writes', 1) end
-if stepCost ~= 0 then redis.call('HINCRBY', KEYS[1], 'cost', ARGV[17]) end
-local total = string.format('%.17g', risk + stepRisk)
-redis.call('HSET', KEYS[1], 'risk', total, 'ttl', ARGV[19])
+local total = string.format('%.17g', tonumber(st.risk) + stepRisk)
+local f = {'c', int(st.c + 1), 'k', total, 't', ARGV[19], 'e', int(newExp), 'r:' .. ARGV[4], total .. '|' .. ARGV[5]}
+if write then
+  st.w = st.w + 1
+  f[#f + 1] = 'w'; f[#f + 1] = int(st.w)
+end
+if stepCost ~= 0 then
+  st.cost = st.cost + stepCost
+  f[#f + 1] = '$'; f[#f + 1] = int(st.cost)
+end
+if not st.exists then
+  st.start = int(nowUs)
+  f[#f + 1] = 's'; f[#f + 1] = st.start
+end
 
--- Facts: the sorted union, bounded like mergeFacts (in ARGV order, none once full).
-local n = redis.call('ZCARD', KEYS[2])
+-- Facts: the union, bounded like mergeFacts (in ARGV order, none once full).
+local facts, n = st.f, 0
+if facts ~= '' then n = select(2, string.gsub(facts, '\n', '')) + 1 end
+local maxFacts, grown = tonumber(ARGV[21]), false
 for i = 24, #ARGV do
-  if n >= tonumber(ARGV[21]) then break end
-  n = n + redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[i])
-end
-
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[4], total .. '|' .. ARGV[5])
-  if redis.call('RPUSH', KEYS[4], ARGV[4]) > tonumber(ARGV[20]) then
-    redis.call('HDEL', KEYS[3], redis.call('LPOP', KEYS[4]))
+  if n >= maxFacts then break end
+  if not string.find('\n' .. facts .. '\n', '\n' .. ARGV[i] .. '\n', 1, true) then
+    if facts == '' then facts = ARGV[i] else facts = facts .. '\n' .. ARGV[i] end
+    n, grown = n + 1, true
   end
 end
+if grown then
+  st.f = facts
+  f[#f + 1] = 'f'; f[#f + 1] = facts
+end
+
+-- Request ids: slot c mod kept of the ring; the id it held is forgotten.
+local kept = tonumber(ARGV[20])
+local slot = 'q:' .. int(math.fmod(st.c, kept))
+if st.c >= kept then
+  local old = redis.call('HGET', KEYS[1], slot)
+  if old then redis.call('HDEL', KEYS[1], 'r:' .. old) end
+end
+f[#f + 1] = slot; f[#f + 1] = ARGV[4]
+
+if node and not marked then mark = holdOwner(owner, tonumber(ARGV[2]), true) end
+if mark then f[#f + 1] = 'o'; f[#f + 1] = int(mark) end
+st.c, st.risk = st.c + 1, total
+redis.call('HSET', KEYS[1], unpack(f))
+redis.call('PEXPIREAT', KEYS[1], int(newExp))
 
 if agentW > 0 then
-  redis.call('HSET', KEYS[5], 'ws', int(astart), 'w', ARGV[13], 'calls', int(acalls + 1), 'cost', int(acost + stepCost))
-  local e = math.max(nowMs + ttl, (astart + agentW) / 1000)
-  local p = redis.call('PTTL', KEYS[5])
-  if p > 0 then e = math.max(e, nowMs + p) end
-  redis.call('PEXPIREAT', KEYS[5], int(e))
+  local e = math.max(nowMs + ttl, (astart + agentW) / 1000, u and u[5] or 0)
+  u = {astart, agentW, acalls + 1, acost + stepCost, e}
+  redis.call('SET', KEYS[2], string.format('%.0f|%.0f|%.0f|%.0f|%.0f', astart, agentW, acalls + 1, acost + stepCost, e), 'PXAT', int(e))
 end
 
 if nonceKey then redis.call('SET', nonceKey, ARGV[22], 'PX', ARGV[23]) end
-
-if node then
-  -- The first commit claims the run id; later ones keep the claim alive.
-  if redis.call('SET', KEYS[6], agent, 'NX', 'PX', ttl) == false then touchOwner(agent, ttl) end
-end
-extend(ttl, exp)
-return reply('ok', 0, nil)
+return reply('ok', 0, st, nil, u)
 `)
 
 // loadScript reads a run and, when ARGV[1] is not empty, the prior of that
-// request id, and renews the run's lifetime by the ttl of its last commit (and
-// on a single node, ARGV[2] = '1', its owner's). ARGV[3] is the agent.
+// request field, and renews the run's lifetime by the ttl of its last commit.
+// On a single node (ARGV[2] = '1') an unmarked run also renews its owner, if
+// that is still the agent (ARGV[3]), for ARGV[4] (ownerFactor) times that ttl.
 var loadScript = redis.NewScript(runLib + `
-local s = redis.call('HMGET', KEYS[1], 'calls', 'ttl', 'exp')
+local st = readRun(ARGV[1])
 local prior = nil
-if s[1] then
-  if ARGV[1] ~= '' then prior = redis.call('HGET', KEYS[3], ARGV[1]) end
-  local ttl = tonumber(s[2])
-  extend(ttl, tonumber(s[3]))
-  if ARGV[2] == '1' then touchOwner(ARGV[3], ttl) end
+if st.exists then
+  if ARGV[1] ~= '' then prior = st.prior end
+  local newExp = math.max(st.e, nowMs + st.ttl)
+  local mark = nil
+  if ARGV[2] == '1' and st.o < newExp then
+    local owner = redis.call('GET', KEYS[3])
+    if owner == ARGV[3] then mark = holdOwner(owner, tonumber(ARGV[4]) * st.ttl, false) end
+  end
+  if mark then
+    redis.call('HSET', KEYS[1], 'e', int(newExp), 'o', int(mark))
+  elseif newExp > st.e then
+    redis.call('HSET', KEYS[1], 'e', int(newExp))
+  end
+  if newExp > st.e then redis.call('PEXPIREAT', KEYS[1], int(newExp)) end
 end
-return reply('', 0, prior)
+return reply('', 0, st, prior, readUse())
 `)
 
 // ownerScript reads, refreshes or claims a run id's owner (KEYS[1]).

@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -128,7 +129,8 @@ type Step struct {
 	CostMicros int64
 	// Facts this step adds to the run (its tool class and trust, untrusted
 	// context, finding classes): opaque strings to the store, at most
-	// MaxFactLen bytes each, never removed.
+	// MaxFactLen bytes each and without a newline (others are dropped),
+	// never removed.
 	Facts []string
 	// ExpectVersion is the State.Version the step was decided on. If the run's
 	// version differs, Commit changes nothing and answers Stale with the current
@@ -258,12 +260,18 @@ func WindowStart(t time.Time, w time.Duration) time.Time {
 // riskEpsilon absorbs float rounding when a total lands exactly on a threshold.
 const riskEpsilon = 1e-9
 
+// validFact reports whether a store keeps f: not empty, at most MaxFactLen
+// bytes, no newline (the Redis store joins a run's facts with newlines).
+func validFact(f string) bool {
+	return f != "" && len(f) <= MaxFactLen && !strings.Contains(f, "\n")
+}
+
 // mergeFacts returns the sorted union of have and add, bounded by MaxFacts.
 // It never modifies have.
 func mergeFacts(have, add []string) []string {
 	out, cloned := have, false
 	for _, f := range add {
-		if f == "" || len(f) > MaxFactLen {
+		if !validFact(f) {
 			continue
 		}
 		i, found := slices.BinarySearch(out, f)

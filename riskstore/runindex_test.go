@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/aisecops/aisecops-envoy/internal/redistest"
 )
 
 var idxT0 = time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC)
@@ -348,6 +350,32 @@ func TestStepLogDropsOnlyWhatFailed(t *testing.T) {
 	for _, i := range []string{"0", "1", "3", "4"} {
 		if steps, err := r.Steps(context.Background(), RunRef{Agent: "a", ID: i}); err != nil || len(steps) != 1 {
 			t.Fatalf("run %s: %d steps, %v", i, len(steps), err)
+		}
+	}
+}
+
+// TestStepLogAfterScriptFlush: Redis forgets loaded scripts when it restarts
+// (SCRIPT FLUSH here); the writer loads them again and the step lands, its
+// log and summary expiring with the run.
+func TestStepLogAfterScriptFlush(t *testing.T) {
+	t.Parallel()
+	srv := redistest.StartServer(t)
+	r := newRedisStore(t, RedisOptions{URL: "redis://" + srv.Addr()})
+	c := srv.Client(t)
+	ctx := context.Background()
+	r.AppendStep(RunRef{Agent: "a", ID: "before"}, StepMeta{TS: idxT0, Decision: "allow"}, []byte("s"))
+	waitRuns(t, r, RunQuery{Limit: 10}, 1)
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	run := RunRef{Agent: "a", ID: "after"}
+	r.AppendStep(run, StepMeta{TS: idxT0, Decision: "allow"}, []byte("s"))
+	if got := waitRuns(t, r, RunQuery{Limit: 10}, 2); len(got) != 2 || r.DroppedSteps() != 0 {
+		t.Fatalf("listed %d runs, dropped %d after a script flush", len(got), r.DroppedSteps())
+	}
+	for _, k := range []string{r.logKey(run), r.sumKey(run), r.agentsKey(run.ID)} {
+		if d, err := c.PTTL(ctx, k).Result(); err != nil || d <= logTTL-time.Minute || d > logTTL {
+			t.Errorf("key %q lives %v (%v), want about %v", k, d, err, logTTL)
 		}
 	}
 }

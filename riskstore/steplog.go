@@ -363,10 +363,14 @@ func (m *Memory) RunAgents(_ context.Context, id string) ([]string, error) {
 //	<prefix>:{runs}:idx                         sorted set: H(agent):H(run id) by index position
 //	<prefix>:{runs}:pos                         counter: the last index position
 //
-// Every append moves its run to a new, unique index position (one script on
-// the {runs} slot), so a listing pages by position with no ties and no
-// duplicates; the index is trimmed to MaxIndexedRuns, the rest expires with
-// the run (logTTL after its last step).
+// A batch is one pipeline: one script call per entry (its record and summary,
+// under the agent's hash tag), the agents sets a replica has not renewed
+// lately, and one script call that moves the batch's runs to new, unique index
+// positions (in batch order) and trims the index to MaxIndexedRuns, so a
+// listing pages by position with no ties and no duplicates. Logs and
+// summaries expire logTTL after their last step (renewed at most every
+// logRenew); an agents set lives at least logTTL−logRenew after the last step
+// this replica logged for the run id.
 type redisLog struct {
 	cap     int        // MaxIndexedRuns unless a test lowers it
 	scan    int        // runScanBudget unless a test lowers it
@@ -375,6 +379,9 @@ type redisLog struct {
 	closed  bool
 	dropped atomic.Uint64
 	done    chan struct{}
+	// agentsRenewed is when this replica last renewed each agents set
+	// (owned by the writer goroutine; cleared when it grows past maxRenewed).
+	agentsRenewed map[string]time.Time
 }
 
 type logEntry struct {
@@ -388,15 +395,67 @@ const (
 	logBatch = 256
 	// logTTL keeps a run's log for as long as an idle run's state.
 	logTTL = DefaultTTL
+	// logRenew: a log's, summary's or agents set's lifetime is renewed when
+	// this much has passed since it last was, not on every step.
+	logRenew = logTTL / 16
+	// maxRenewed bounds agentsRenewed.
+	maxRenewed = 1 << 16
 )
 
-// indexScript gives a run the next index position and trims the index; it
-// returns the members it trimmed, whose logs and summaries the writer then
-// deletes (their keys are in other slots).
+// appendScript logs steps: KEYS 2i-1 and 2i are the i-th step's run log and
+// summary; ARGV 1 ttl ms, 2 renew ms, 3 max log length, then six per step:
+// the record, agent, run id, decision, time (ns), the cumulative risk or ""
+// (not committed). It returns 1 or 0 per step: 0 where Redis refused it (its
+// keys hold another type), which leaves that step's keys as they were. The
+// summary's x is when (ms, Redis's clock) both keys' lifetimes were renewed.
+// One call per batch (per agent on a Cluster, whose keys share a slot): what
+// a step costs Redis is mostly script calls and the commands they run.
+var appendScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl, renewAfter, maxLen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local function failed(r) return type(r) == 'table' and r.err ~= nil end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local log, sum, a = KEYS[2 * i - 1], KEYS[2 * i], 3 + 6 * (i - 1)
+  local s = nil
+  if not failed(redis.pcall('XADD', log, 'MAXLEN', '~', maxLen, '*', 'r', ARGV[a + 1])) then
+    s = redis.pcall('HMGET', sum, 'steps', 'd:' .. ARGV[a + 4], 'x')
+  end
+  if s == nil or failed(s) then
+    out[i] = 0
+  else
+    local f = {'agent', ARGV[a + 2], 'id', ARGV[a + 3], 'last', ARGV[a + 4], 'updated', ARGV[a + 5],
+      'steps', tostring((tonumber(s[1]) or 0) + 1), 'd:' .. ARGV[a + 4], tostring((tonumber(s[2]) or 0) + 1)}
+    if not s[1] then f[#f + 1] = 'started'; f[#f + 1] = ARGV[a + 5] end
+    if ARGV[a + 6] ~= '' then f[#f + 1] = 'risk'; f[#f + 1] = ARGV[a + 6] end
+    local renew = not s[3] or now - tonumber(s[3]) >= renewAfter
+    if renew then f[#f + 1] = 'x'; f[#f + 1] = string.format('%.0f', now) end
+    redis.call('HSET', sum, unpack(f))
+    if renew then
+      redis.call('PEXPIRE', log, ttl)
+      redis.call('PEXPIRE', sum, ttl)
+    end
+    out[i] = 1
+  end
+end
+return out
+`)
+
+// indexScript gives the runs ARGV[2…] the next index positions, in order,
+// and trims the index to ARGV[1] runs; it returns the members it trimmed,
+// whose logs and summaries the writer then deletes (their keys are in other
+// slots). KEYS: the index and its position counter.
 var indexScript = redis.NewScript(`
-local pos = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[1], pos, ARGV[1])
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+local n = #ARGV - 1
+local first = redis.call('INCRBY', KEYS[2], n) - n
+local z = {}
+for i = 1, n do
+  z[#z + 1] = first + i
+  z[#z + 1] = ARGV[i + 1]
+end
+redis.call('ZADD', KEYS[1], unpack(z))
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
 if over <= 0 then return {} end
 local gone = redis.call('ZRANGE', KEYS[1], 0, over - 1)
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
@@ -408,10 +467,6 @@ func (r *Redis) logKey(run RunRef) string { return r.runBase(run) + "log" }
 
 // sumKey is a run's summary hash, under the agent's hash tag.
 func (r *Redis) sumKey(run RunRef) string { return r.runBase(run) + "sum" }
-
-func (r *Redis) runBase(run RunRef) string {
-	return strings.TrimSuffix(r.runKeys(run).run[0], "state")
-}
 
 func (r *Redis) agentsKey(id string) string { return r.prefix + ":{o:" + idHash(id) + "}:agents" }
 
@@ -433,6 +488,7 @@ func (r *Redis) AppendStep(run RunRef, meta StepMeta, record []byte) {
 	if r.log.queue == nil {
 		r.log.queue = make(chan logEntry, logQueue)
 		r.log.done = make(chan struct{})
+		r.log.agentsRenewed = make(map[string]time.Time)
 		go r.drainLog()
 	}
 	select {
@@ -445,6 +501,7 @@ func (r *Redis) AppendStep(run RunRef, meta StepMeta, record []byte) {
 func (r *Redis) drainLog() {
 	defer close(r.log.done)
 	idx, capacity := r.indexKeys(), cmp.Or(r.log.cap, MaxIndexedRuns)
+	r.loadLogScripts()
 	for e := range r.log.queue {
 		batch := []logEntry{e}
 	more:
@@ -459,78 +516,141 @@ func (r *Redis) drainLog() {
 				break more
 			}
 		}
-		failed := r.writeLog(batch, idx, capacity)
+		failed, noScript := r.writeLog(batch, idx, capacity)
 		if len(failed) > 0 {
 			// One more try for the entries a fault or a slow node cut short
-			// (the client's read deadline covers a whole pipeline): an entry
-			// that did land after all is harmless twice, since Steps drops
-			// the repeated record; only its summary's counts may run one high.
-			failed = r.writeLog(failed, idx, capacity)
+			// (the client's read deadline covers a whole pipeline), after
+			// loading the scripts if Redis had lost them (a restart): an
+			// entry that did land after all is harmless twice, since Steps
+			// drops the repeated record; only its summary's counts may run
+			// one high.
+			if noScript {
+				r.loadLogScripts()
+			}
+			failed, _ = r.writeLog(failed, idx, capacity)
 		}
 		r.log.dropped.Add(uint64(len(failed)))
 	}
 }
 
-// logCmds is how many commands writeLog queues per entry.
-const logCmds = 10
-
-// writeLog writes a batch in one pipeline and returns the entries with a
-// command that failed.
-func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) []logEntry {
+// loadLogScripts loads the writer's scripts (on every master of a Cluster).
+func (r *Redis) loadLogScripts() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	cmds, _ := r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, e := range batch {
-			k, sk, ak := r.logKey(e.run), r.sumKey(e.run), r.agentsKey(e.run.ID)
-			p.XAdd(ctx, &redis.XAddArgs{Stream: k, MaxLen: MaxLogSteps, Approx: true, Values: []any{"r", e.record}})
-			p.PExpire(ctx, k, logTTL)
-			ts := strconv.FormatInt(e.meta.TS.UnixNano(), 10)
-			fields := []any{"agent", e.run.Agent, "id", e.run.ID, "last", e.meta.Decision, "updated", ts}
-			if e.meta.Committed {
-				fields = append(fields, "risk", strconv.FormatFloat(e.meta.CumulativeRisk, 'g', -1, 64))
+	load := func(ctx context.Context, c redis.Scripter) {
+		_ = appendScript.Load(ctx, c).Err()
+		_ = indexScript.Load(ctx, c).Err()
+	}
+	if r.cluster != nil {
+		_ = r.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			load(ctx, c)
+			return nil
+		})
+		return
+	}
+	load(ctx, r.c())
+}
+
+// writeLog writes a batch in one pipeline (see redisLog) and returns the
+// entries that failed, and whether a script was missing.
+func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEntry, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	now := time.Now()
+	groups := r.logGroups(batch)
+	appends := make([]*redis.Cmd, len(groups))
+	agents := make([][2]redis.Cmder, len(batch))
+	members := make([]any, 1, len(batch)+1)
+	members[0] = capacity
+	var index *redis.Cmd
+	_, _ = r.c().Pipelined(ctx, func(p redis.Pipeliner) error {
+		for g, group := range groups {
+			keys := make([]string, 0, 2*len(group))
+			args := make([]any, 3, 3+6*len(group))
+			args[0], args[1], args[2] = logTTL.Milliseconds(), logRenew.Milliseconds(), MaxLogSteps
+			for _, i := range group {
+				e := batch[i]
+				risk := ""
+				if e.meta.Committed {
+					risk = strconv.FormatFloat(e.meta.CumulativeRisk, 'g', -1, 64)
+				}
+				keys = append(keys, r.logKey(e.run), r.sumKey(e.run))
+				args = append(args, e.record, e.run.Agent, e.run.ID, e.meta.Decision, strconv.FormatInt(e.meta.TS.UnixNano(), 10), risk)
 			}
-			p.HSet(ctx, sk, fields...)
-			p.HSetNX(ctx, sk, "started", ts)
-			p.HIncrBy(ctx, sk, "steps", 1)
-			p.HIncrBy(ctx, sk, "d:"+e.meta.Decision, 1)
-			p.PExpire(ctx, sk, logTTL)
-			p.SAdd(ctx, ak, e.run.Agent)
-			p.PExpire(ctx, ak, logTTL)
-			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT,
-			// and Redis caches the script by its hash either way.
-			indexScript.Eval(ctx, p, idx, indexMember(e.run), capacity)
+			appends[g] = appendScript.EvalSha(ctx, p, keys, args...)
 		}
+		for i, e := range batch {
+			ak := r.agentsKey(e.run.ID)
+			if at, ok := r.log.agentsRenewed[ak+"\x00"+e.run.Agent]; !ok || now.Sub(at) >= logRenew {
+				agents[i] = [2]redis.Cmder{p.SAdd(ctx, ak, e.run.Agent), p.PExpire(ctx, ak, logTTL)}
+			}
+			members = append(members, indexMember(e.run))
+		}
+		index = indexScript.EvalSha(ctx, p, idx, members...)
 		return nil
 	})
-	if len(cmds) != len(batch)*logCmds {
-		return batch
-	}
-	var failed []logEntry
-	last := make(map[string]int, len(batch)) // a member's last entry in the batch
-	for i, e := range batch {
-		last[indexMember(e.run)] = i
-	}
-	var gone []string
-	for i, e := range batch {
-		for _, c := range cmds[i*logCmds : (i+1)*logCmds] {
-			if c.Err() != nil {
-				failed = append(failed, e)
-				break
-			}
+	noScript := false
+	failedCmd := func(c redis.Cmder) bool {
+		if c == nil || c.Err() == nil {
+			return false
 		}
-		c, ok := cmds[(i+1)*logCmds-1].(*redis.Cmd)
-		if !ok || c.Err() != nil {
+		noScript = noScript || redis.HasErrorPrefix(c.Err(), "NOSCRIPT")
+		return true
+	}
+	ok := make([]bool, len(batch))
+	for g, group := range groups {
+		if failedCmd(appends[g]) {
 			continue
 		}
-		members, _ := c.StringSlice()
-		for _, m := range members {
-			if j, again := last[m]; !again || j < i {
-				gone = append(gone, m) // not indexed again later in this batch
-			}
+		res, _ := appends[g].Int64Slice()
+		for j, i := range group {
+			ok[i] = j < len(res) && res[j] == 1
 		}
 	}
-	r.forgetRuns(gone)
-	return failed
+	indexed := !failedCmd(index)
+	if len(r.log.agentsRenewed) > maxRenewed {
+		clear(r.log.agentsRenewed)
+	}
+	var failed []logEntry
+	for i, e := range batch {
+		if !ok[i] || !indexed || failedCmd(agents[i][0]) || failedCmd(agents[i][1]) {
+			failed = append(failed, e)
+			continue
+		}
+		if agents[i][0] != nil {
+			r.log.agentsRenewed[r.agentsKey(e.run.ID)+"\x00"+e.run.Agent] = now
+		}
+	}
+	if indexed {
+		gone, _ := index.StringSlice()
+		r.forgetRuns(gone)
+	}
+	return failed, noScript
+}
+
+// logGroups splits a batch into appendScript calls, as indexes into batch:
+// one on a single node, one per agent on a Cluster (an agent's keys share a
+// slot).
+func (r *Redis) logGroups(batch []logEntry) [][]int {
+	all := make([]int, len(batch))
+	for i := range all {
+		all[i] = i
+	}
+	if r.cluster == nil {
+		return [][]int{all}
+	}
+	byAgent := map[string]int{}
+	var groups [][]int
+	for _, i := range all {
+		g, ok := byAgent[batch[i].run.Agent]
+		if !ok {
+			g = len(groups)
+			byAgent[batch[i].run.Agent] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups
 }
 
 // forgetRuns deletes the logs and summaries of runs the index trimmed, so
