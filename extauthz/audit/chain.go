@@ -183,6 +183,61 @@ func encodeLine(dst *bytes.Buffer, v any) error {
 	return nil
 }
 
+// compactObject reports whether in can go into a line as it is: a JSON
+// object on one line with no whitespace bytes outside strings to strip,
+// which is what json.Marshal produces (the replay input, extauthz's
+// sealInput). The encoder would otherwise validate and compact those bytes
+// once more (most of a record's encoding time); anything else takes that
+// path. That the bytes are valid JSON is trusted from their producer.
+func compactObject(in []byte) bool {
+	if len(in) < 2 || in[0] != '{' || in[len(in)-1] != '}' {
+		return false
+	}
+	quoted, escaped := false, false
+	for _, c := range in {
+		switch {
+		case escaped:
+			escaped = false
+		case quoted && c == '\\':
+			escaped = true
+		case c == '"':
+			quoted = !quoted
+		case c < 0x20 || (!quoted && c == ' '):
+			return false // a line break, or whitespace the encoder strips
+		}
+	}
+	return !quoted && !escaped
+}
+
+// spliceInput puts input into a record's line encoded without it, where the
+// encoder would have: before the first of sealed, policy and prev_hash the
+// record has. Those keys, and what follows them, are the record's own fixed
+// fields (a key's quotes are never escaped; a string's always are), so the
+// last occurrence of the key is the top-level one.
+func spliceInput(buf *bytes.Buffer, input []byte, r *Record) error {
+	next := []byte(`,"prev_hash":`)
+	switch {
+	case r.Sealed != nil:
+		next = []byte(`,"sealed":`)
+	case r.Policy != nil:
+		next = []byte(`,"policy":`)
+	}
+	line := buf.Bytes()
+	at := bytes.LastIndex(line, next)
+	if at < 0 {
+		return errors.New("audit: encode: no place for the input")
+	}
+	tail := bytes.Clone(line[at:])
+	buf.Truncate(at)
+	buf.WriteString(`,"input":`)
+	buf.Write(input)
+	buf.Write(tail)
+	if buf.Len()-1 > MaxLineBytes {
+		return fmt.Errorf("audit: encode: line of %d bytes exceeds %d", buf.Len()-1, MaxLineBytes)
+	}
+	return nil
+}
+
 // seal fills prev into an encoded line (with its newline, from encodeLine)
 // and computes its hash into the line, which it also returns (64 hex bytes,
 // aliasing line).

@@ -389,8 +389,18 @@ func (l *Log) Write(r *Record) error {
 	buf.Reset()
 	c := *r
 	c.PrevHash, c.Hash = zeroHash, zeroHash
+	input := c.Input
+	splice := compactObject(input)
+	if splice {
+		c.Input = nil
+	}
 	if err := encodeLine(buf, &c); err != nil {
 		return err
+	}
+	if splice {
+		if err := spliceInput(buf, input, &c); err != nil {
+			return err
+		}
 	}
 	l.mu.Lock()
 	if l.closed {
