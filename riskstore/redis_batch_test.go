@@ -90,8 +90,8 @@ func TestCommitBatchCallerDeadline(t *testing.T) {
 	}
 }
 
-// TestRedisCorruptUsageFailsClosed: an agent usage value the script cannot
-// read is an error (the Check denies), never a fresh budget.
+// TestRedisCorruptUsageFailsClosed: an agent usage value or a run the script
+// cannot read is an error (the Check denies), never a fresh budget.
 func TestRedisCorruptUsageFailsClosed(t *testing.T) {
 	t.Parallel()
 	srv := sharedNode(t)
@@ -106,5 +106,15 @@ func TestRedisCorruptUsageFailsClosed(t *testing.T) {
 	}
 	if res, err := r.Commit(ctx, runA, st("b", 0), lim, time.Hour); err == nil {
 		t.Fatalf("a corrupt usage value gave %v, want an error", res.Outcome)
+	}
+	// Nor is a run whose counters do not read a fresh run.
+	if err := srv.Client(t).HSet(ctx, r.runKeys(runA).run[0], "t", "1|x|0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.Commit(ctx, runA, st("c", 0), Limits{MaxToolCalls: 2}, time.Hour); err == nil {
+		t.Fatalf("a corrupt run gave %v, want an error", res.Outcome)
+	}
+	if _, err := r.Load(ctx, runA, ""); err == nil {
+		t.Fatal("a corrupt run loaded")
 	}
 }

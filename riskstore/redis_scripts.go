@@ -19,15 +19,18 @@ import "github.com/redis/go-redis/v9"
 // runLib is shared by the run scripts. KEYS: 1 the run (one hash), 2 the
 // agent's window usage (a string), and on a single node 3 the run id's owner.
 //
-// Run hash fields: c (the tool calls, which are also the version), w (writes),
-// $ (cost), k (risk total), s (start µs), t (ttl ms of the last commit: what a
-// Load renews), e (ms: when the run expires), o (ms: how long the owner key is
-// known to be the agent's: the run's mark), f (the sticky facts, joined by
-// newlines, in the order they came: Go sorts them), r:<request field> (that
-// request's prior) and q:<n> (the request field committed at slot n of a ring
-// of maxRequestIDs, so the oldest is forgotten first). One hash, one expiry
-// and no read-back keep a commit to a handful of calls: what a Check costs
-// Redis is mostly how many commands its script runs.
+// Run hash fields: v, the counters "<calls>|<writes>|<cost>|<risk total>|
+// <start µs>" (calls are also the version); t, the lifetimes "<expiry ms>|
+// <mark ms>|<ttl ms>" (the mark is until when the owner key is known to be
+// the agent's; ttl is the last commit's, what a Load renews); f, the sticky facts
+// joined by newlines in the order they came (Go sorts them); r:<request
+// field>, that request's prior; and q:<n>, the request field committed at
+// slot n of a ring of maxRequestIDs, so the oldest is forgotten first. One
+// hash, one expiry, four fields read and written per commit, and no
+// read-back keep a commit to a handful of calls: what a Check costs Redis is
+// mostly how many commands its script runs and how many fields they touch (a
+// small hash is a list that each field lookup scans; values of at most 64
+// bytes keep it one, which is why v and t are two fields).
 //
 // Usage string: "<window start µs>|<window µs>|<calls>|<cost>|<expiry ms>"; it
 // expires when its window ends or ttl after its last commit, whichever is
@@ -65,11 +68,25 @@ end
 
 -- readRun reads the run hash: its state, and the prior of request field rf.
 local function readRun(rf)
-  local s = redis.call('HMGET', KEYS[1], 'c', 'w', '$', 'k', 's', 'e', 'o', 'f', 't', 'r:' .. rf)
-  return {exists = s[1] ~= false, c = tonumber(s[1] or '0'), w = tonumber(s[2] or '0'),
-    cost = tonumber(s[3] or '0'), risk = s[4] or '0', start = s[5] or nil,
-    e = tonumber(s[6] or '0'), o = tonumber(s[7] or '0'), f = s[8] or '', ttl = tonumber(s[9] or '0'),
-    prior = s[10] or nil}
+  local s = redis.call('HMGET', KEYS[1], 'v', 't', 'f', 'r:' .. rf)
+  local st = {exists = s[1] ~= false, c = 0, w = 0, cost = 0, risk = '0', start = nil, e = 0, o = 0, ttl = 0,
+    f = s[3] or '', prior = s[4] or nil}
+  if st.exists then
+    local c, w, cost, risk, start = string.match(s[1], '^(%d+)|(%d+)|(-?%d+)|([^|]+)|(%d+)$')
+    local e, o, ttl = string.match(s[2] or '', '^(%d+)|(%d+)|(%d+)$')
+    if not start or not ttl then error('malformed run state') end
+    st.c, st.w, st.cost, st.risk, st.start = tonumber(c), tonumber(w), tonumber(cost), risk, start
+    st.e, st.o, st.ttl = tonumber(e), tonumber(o), tonumber(ttl)
+  end
+  return st
+end
+
+-- packRun is the v field of st; packLife its t field, with expiry e and mark o.
+local function packRun(st)
+  return string.format('%.0f|%.0f|%.0f|%s|%s', st.c, st.w, st.cost, st.risk, st.start)
+end
+local function packLife(st, e, o)
+  return string.format('%.0f|%.0f|%.0f', e, o, st.ttl)
 end
 
 -- reply reports st and, as a Load reports it, the agent's use u in the
@@ -189,7 +206,7 @@ if not node then
   end
   if ownerR > 0 and (st.exists or outcome == 'ok') then
     mark = nowMs + ownerR
-    if outcome ~= 'ok' and outcome ~= 'refused' then redis.call('HSET', KEYS[1], 'o', int(mark)) end
+    if outcome ~= 'ok' and outcome ~= 'refused' then redis.call('HSET', KEYS[1], 't', packLife(st, st.e, mark)) end
   end
 end
 
@@ -200,30 +217,17 @@ if outcome == 'refused' then
   -- A refused run stays refused: it does not expire and come back fresh.
   if st.exists then
     if node and not marked then mark = holdOwner(owner, tonumber(ARGV[2]), false) end
-    if mark then
-      redis.call('HSET', KEYS[1], 'e', int(newExp), 'o', int(mark))
-    else
-      redis.call('HSET', KEYS[1], 'e', int(newExp))
-    end
+    redis.call('HSET', KEYS[1], 't', packLife(st, newExp, mark or st.o))
     redis.call('PEXPIREAT', KEYS[1], int(newExp))
   end
   return reply('refused', limit, st, nil, u)
 end
 
 local total = string.format('%.17g', tonumber(st.risk) + stepRisk)
-local f = {'c', int(st.c + 1), 'k', total, 't', ARGV[19], 'e', int(newExp), 'r:' .. ARGV[4], total .. '|' .. ARGV[5]}
-if write then
-  st.w = st.w + 1
-  f[#f + 1] = 'w'; f[#f + 1] = int(st.w)
-end
-if stepCost ~= 0 then
-  st.cost = st.cost + stepCost
-  f[#f + 1] = '$'; f[#f + 1] = int(st.cost)
-end
-if not st.exists then
-  st.start = int(nowUs)
-  f[#f + 1] = 's'; f[#f + 1] = st.start
-end
+local f = {'r:' .. ARGV[4], total .. '|' .. ARGV[5]}
+if write then st.w = st.w + 1 end
+st.cost = st.cost + stepCost
+if not st.exists then st.start = int(nowUs) end
 
 -- Facts: the union, bounded like mergeFacts (in ARGV order, none once full).
 local facts, n = st.f, 0
@@ -251,8 +255,9 @@ end
 f[#f + 1] = slot; f[#f + 1] = ARGV[4]
 
 if node and not marked then mark = holdOwner(owner, tonumber(ARGV[2]), true) end
-if mark then f[#f + 1] = 'o'; f[#f + 1] = int(mark) end
-st.c, st.risk = st.c + 1, total
+st.c, st.risk, st.ttl = st.c + 1, total, ttl
+f[#f + 1] = 'v'; f[#f + 1] = packRun(st)
+f[#f + 1] = 't'; f[#f + 1] = packLife(st, newExp, mark or st.o)
 redis.call('HSET', KEYS[1], unpack(f))
 redis.call('PEXPIREAT', KEYS[1], int(newExp))
 
@@ -281,11 +286,7 @@ if st.exists then
     local owner = redis.call('GET', KEYS[3])
     if owner == ARGV[3] then mark = holdOwner(owner, tonumber(ARGV[4]) * st.ttl, false) end
   end
-  if mark then
-    redis.call('HSET', KEYS[1], 'e', int(newExp), 'o', int(mark))
-  elseif newExp > st.e then
-    redis.call('HSET', KEYS[1], 'e', int(newExp))
-  end
+  if mark or newExp > st.e then redis.call('HSET', KEYS[1], 't', packLife(st, newExp, mark or st.o)) end
   if newExp > st.e then redis.call('PEXPIREAT', KEYS[1], int(newExp)) end
 end
 return reply('', 0, st, prior, readUse())
