@@ -425,9 +425,13 @@ for i = 1, #KEYS / 2 do
   if s == nil or failed(s) then
     out[i] = 0
   else
-    local f = {'agent', ARGV[a + 2], 'id', ARGV[a + 3], 'last', ARGV[a + 4], 'updated', ARGV[a + 5],
+    local f = {'last', ARGV[a + 4], 'updated', ARGV[a + 5],
       'steps', tostring((tonumber(s[1]) or 0) + 1), 'd:' .. ARGV[a + 4], tostring((tonumber(s[2]) or 0) + 1)}
-    if not s[1] then f[#f + 1] = 'started'; f[#f + 1] = ARGV[a + 5] end
+    if not s[1] then
+      f[#f + 1] = 'started'; f[#f + 1] = ARGV[a + 5]
+      f[#f + 1] = 'agent'; f[#f + 1] = ARGV[a + 2]
+      f[#f + 1] = 'id'; f[#f + 1] = ARGV[a + 3]
+    end
     if ARGV[a + 6] ~= '' then f[#f + 1] = 'risk'; f[#f + 1] = ARGV[a + 6] end
     local renew = not s[3] or now - tonumber(s[3]) >= renewAfter
     if renew then f[#f + 1] = 'x'; f[#f + 1] = string.format('%.0f', now) end
