@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"strings"
+	"sync"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 	"github.com/aisecops/aisecops-envoy/extauthz/reason"
@@ -152,6 +153,7 @@ type Inspector struct {
 	lim   Limits
 	lex   lexicon
 	match *matcher
+	nexts sync.Pool // *[]int: detect's literal cursors, reused across scans (detect clears them)
 }
 
 // MinKeyBytes is the shortest HMAC key accepted: a short key would let the
@@ -216,6 +218,7 @@ func (in *Inspector) Inspect(req *Request, pol *Policy) (Result, error) {
 		pol = &Policy{}
 	}
 	s := newScan(in, req, pol)
+	defer s.release()
 	if err := s.run(); err != nil {
 		return Result{}, blocked(err)
 	}
@@ -244,6 +247,7 @@ func (in *Inspector) MaskSecrets(v string) string {
 		return v
 	}
 	s := newScan(in, &Request{}, &Policy{})
+	defer s.release()
 	if err := s.text([]byte(v), "value", 0, mSecret, false); err == nil && len(s.col.list) == 0 {
 		return v
 	}
@@ -255,6 +259,7 @@ func (in *Inspector) Redact(v string) string {
 		return v
 	}
 	s := newScan(in, &Request{}, &Policy{})
+	defer s.release()
 	if err := s.text([]byte(v), "value", 0, mSecret|mPII, false); err == nil && len(s.col.list) == 0 {
 		return v
 	}

@@ -275,6 +275,9 @@ func (s *scan) checkRecipients(v string, views []string) {
 	}
 	if len(bad) == 0 && !ambiguous {
 		// An allowed recipient is not leaked personal data.
+		if s.suppress == nil && len(allowed) > 0 {
+			s.suppress = map[string]bool{}
+		}
 		for a := range allowed {
 			s.suppress[s.in.hash([]byte(a))] = true
 		}

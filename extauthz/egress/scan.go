@@ -49,6 +49,9 @@ func (c *collector) add(det, class, loc, hash string, derived bool) {
 		c.truncated = true
 		return
 	}
+	if c.idx == nil { // made on the first finding: most scans find nothing
+		c.idx, c.seen, c.hashes = map[findingKey]int{}, map[valueKey]bool{}, map[string]bool{}
+	}
 	c.idx[k] = len(c.list)
 	c.seen[vk] = true
 	c.hashes[hash] = true
@@ -82,9 +85,8 @@ type scan struct {
 func newScan(in *Inspector, req *Request, pol *Policy) *scan {
 	s := &scan{
 		in: in, req: req, pol: pol,
-		col:      collector{idx: map[findingKey]int{}, seen: map[valueKey]bool{}, hashes: map[string]bool{}, max: in.lim.MaxFindings},
-		budget:   in.lim.MaxDecodedBytes,
-		suppress: map[string]bool{},
+		col:    collector{max: in.lim.MaxFindings}, // its maps and suppress: made on first use
+		budget: in.lim.MaxDecodedBytes,
 	}
 	if h := normHost(req.RouteHost); h != "" {
 		s.hosts = append(s.hosts, h)
@@ -95,6 +97,15 @@ func newScan(in *Inspector, req *Request, pol *Policy) *scan {
 		}
 	}
 	return s
+}
+
+// release hands the scan's reusable buffers back to its Inspector.
+func (s *scan) release() {
+	if s.next != nil {
+		next := s.next
+		s.next = nil
+		s.in.nexts.Put(&next)
+	}
 }
 
 func (s *scan) result() Result {

@@ -8,6 +8,8 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/util"
@@ -98,9 +100,46 @@ func obj(items ...kv) ast.Object {
 		if it.v == nil {
 			continue // omitempty
 		}
-		terms = append(terms, [2]*ast.Term{ast.InternedTerm(it.k), ast.NewTerm(it.v)})
+		terms = append(terms, [2]*ast.Term{keyTerm(it.k), valueTerm(it.v)})
 	}
 	return ast.NewObject(terms...)
+}
+
+// keyTerms holds the input's field names as terms, made once: every Check's
+// input has the same keys, and OPA's own interning covers only its own
+// strings. Terms are never modified once built (OPA shares its interned
+// ones the same way). Bounded, though every key is this file's or a
+// detector's finding class.
+var (
+	keyTerms     sync.Map // string → *ast.Term
+	keyTermCount atomic.Int64
+)
+
+const maxKeyTerms = 1024
+
+func keyTerm(k string) *ast.Term {
+	if t, ok := keyTerms.Load(k); ok {
+		return t.(*ast.Term)
+	}
+	t := ast.StringTerm(k)
+	if keyTermCount.Add(1) <= maxKeyTerms {
+		keyTerms.Store(k, t)
+	}
+	return t
+}
+
+// valueTerm wraps v, sharing OPA's interned terms for booleans and small
+// integers rather than allocating.
+func valueTerm(v ast.Value) *ast.Term {
+	switch x := v.(type) {
+	case ast.Boolean:
+		return ast.InternedTerm(bool(x))
+	case ast.Number:
+		if t := ast.InternedIntNumberTermFromString(string(x)); t != nil {
+			return t
+		}
+	}
+	return ast.NewTerm(v)
 }
 
 // num converts a float to a Rego number with the text encoding/json would use.
