@@ -179,11 +179,7 @@ func (l *literal) at(b []byte, i int) bool {
 func (s *scan) detect(b []byte, loc string, m mask, derived bool) {
 	mt := s.in.match
 	if cap(s.next) < len(mt.lits) {
-		if p, ok := s.in.nexts.Get().(*[]int); ok && cap(*p) >= len(mt.lits) {
-			s.next = *p
-		} else {
-			s.next = make([]int, len(mt.lits))
-		}
+		s.next = make([]int, len(mt.lits))
 	}
 	next := s.next[:len(mt.lits)]
 	clear(next)

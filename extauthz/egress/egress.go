@@ -153,7 +153,7 @@ type Inspector struct {
 	lim   Limits
 	lex   lexicon
 	match *matcher
-	nexts sync.Pool // *[]int: detect's literal cursors, reused across scans (detect clears them)
+	scans sync.Pool // *scan, reused (see newScan)
 }
 
 // MinKeyBytes is the shortest HMAC key accepted: a short key would let the
@@ -233,12 +233,13 @@ func skipHeader(name string) bool {
 		name == "host"
 }
 
-// Redact returns v unchanged, or "redacted:" and the keyed hash of v when a
-// secret or personal-data detector finds something in it (after the same
-// canonicalisation as a request). Callers pass every agent-written string they
-// are about to store (provenance labels, ids, method names), so an agent
-// cannot smuggle a secret into the audit log through a field nobody inspects;
-// equal values keep equal replacements, so correlation survives.
+// noRequest and noPolicy are what Redact and MaskSecrets scan strings under:
+// a scan reads them, never writes them.
+var (
+	noRequest Request
+	noPolicy  Policy
+)
+
 // MaskSecrets returns v unchanged, or "redacted:<keyed hash>" when it
 // carries a secret (personal data stays): what an approver may read of a
 // held call's arguments.
@@ -246,7 +247,7 @@ func (in *Inspector) MaskSecrets(v string) string {
 	if v == "" {
 		return v
 	}
-	s := newScan(in, &Request{}, &Policy{})
+	s := newScan(in, &noRequest, &noPolicy)
 	defer s.release()
 	if err := s.text([]byte(v), "value", 0, mSecret, false); err == nil && len(s.col.list) == 0 {
 		return v
@@ -254,11 +255,17 @@ func (in *Inspector) MaskSecrets(v string) string {
 	return "redacted:" + in.hash([]byte(v))
 }
 
+// Redact returns v unchanged, or "redacted:" and the keyed hash of v when a
+// secret or personal-data detector finds something in it (after the same
+// canonicalisation as a request). Callers pass every agent-written string they
+// are about to store (provenance labels, ids, method names), so an agent
+// cannot smuggle a secret into the audit log through a field nobody inspects;
+// equal values keep equal replacements, so correlation survives.
 func (in *Inspector) Redact(v string) string {
 	if v == "" {
 		return v
 	}
-	s := newScan(in, &Request{}, &Policy{})
+	s := newScan(in, &noRequest, &noPolicy)
 	defer s.release()
 	if err := s.text([]byte(v), "value", 0, mSecret|mPII, false); err == nil && len(s.col.list) == 0 {
 		return v

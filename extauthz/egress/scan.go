@@ -83,10 +83,17 @@ type scan struct {
 }
 
 func newScan(in *Inspector, req *Request, pol *Policy) *scan {
-	s := &scan{
+	s, _ := in.scans.Get().(*scan)
+	if s == nil {
+		s = new(scan)
+	}
+	// Everything but the cursor scratch, which detect clears before use, is
+	// made anew: nothing of an earlier scan carries over.
+	*s = scan{
 		in: in, req: req, pol: pol,
 		col:    collector{max: in.lim.MaxFindings}, // its maps and suppress: made on first use
 		budget: in.lim.MaxDecodedBytes,
+		next:   s.next,
 	}
 	if h := normHost(req.RouteHost); h != "" {
 		s.hosts = append(s.hosts, h)
@@ -99,13 +106,13 @@ func newScan(in *Inspector, req *Request, pol *Policy) *scan {
 	return s
 }
 
-// release hands the scan's reusable buffers back to its Inspector.
+// release hands the scan back to its Inspector for reuse, holding nothing
+// of this one but the cursor scratch (see newScan). The scan must not be
+// used after.
 func (s *scan) release() {
-	if s.next != nil {
-		next := s.next
-		s.next = nil
-		s.in.nexts.Put(&next)
-	}
+	in, next := s.in, s.next
+	*s = scan{next: next}
+	in.scans.Put(s)
 }
 
 func (s *scan) result() Result {
