@@ -48,6 +48,7 @@ type outcome struct {
 	verdict    Verdict
 	receipt    Receipt
 	trace      []traceStage
+	traceBuf   [12]traceStage // trace's first backing array: a Check has about ten stages
 
 	// timed: stages record when they end (a tracer is configured).
 	timed bool

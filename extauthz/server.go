@@ -262,7 +262,9 @@ func (s *Server) deadline(ctx context.Context) (context.Context, context.CancelF
 // begin starts an outcome on one snapshot of the policy and the directory.
 func (s *Server) begin() *outcome {
 	now := s.cfg.Clock()
-	return &outcome{id: newID("d_"), start: now, now: now, bundle: s.cfg.Policy.Current(), dir: s.cfg.Directory.current()}
+	o := &outcome{id: newID("d_"), start: now, now: now, bundle: s.cfg.Policy.Current(), dir: s.cfg.Directory.current()}
+	o.trace = o.traceBuf[:0]
+	return o
 }
 
 // finish writes the audit record (a failure turns the decision into a deny),

@@ -578,7 +578,8 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEnt
 				if e.meta.Committed {
 					risk = strconv.FormatFloat(e.meta.CumulativeRisk, 'g', -1, 64)
 				}
-				keys = append(keys, r.logKey(e.run), r.sumKey(e.run))
+				base := r.runBase(e.run)
+				keys = append(keys, base+"log", base+"sum")
 				args = append(args, e.record, e.run.Agent, e.run.ID, e.meta.Decision, strconv.FormatInt(e.meta.TS.UnixNano(), 10), risk)
 			}
 			appends[g] = appendScript.EvalSha(ctx, p, keys, args...)
