@@ -42,7 +42,9 @@ type scriptCall struct {
 // load; more than one, so that one slow reply does not hold every Check.
 const maxBatchInFlight = 4
 
-// run calls the script through the batcher and returns its reply.
+// run calls the script through the batcher and returns its reply. A call
+// that finds the batcher below maxInFlight and nothing queued is sent by its
+// caller, as a plain call under its own ctx: an idle store pays no handoff.
 func (b *scriptBatcher) run(ctx context.Context, keys []string, args []any) ([]any, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err // nothing sent for a Check already given up
@@ -55,6 +57,11 @@ func (b *scriptBatcher) run(ctx context.Context, keys []string, args []any) ([]a
 		batch := b.queue
 		b.queue = nil
 		b.mu.Unlock()
+		if len(batch) == 1 {
+			val, err := b.script.Run(ctx, b.client(), keys, args...).Slice()
+			b.next()
+			return val, err
+		}
 		go b.send(batch)
 	} else {
 		b.mu.Unlock()
@@ -65,6 +72,21 @@ func (b *scriptBatcher) run(ctx context.Context, keys []string, args []any) ([]a
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// next hands what queued during a caller's own call to a sender, keeping
+// the in-flight slot, or gives the slot up.
+func (b *scriptBatcher) next() {
+	b.mu.Lock()
+	if len(b.queue) == 0 {
+		b.inFlight--
+		b.mu.Unlock()
+		return
+	}
+	batch := b.queue
+	b.queue = nil
+	b.mu.Unlock()
+	go b.send(batch)
 }
 
 // send writes batch as one pipeline, then whatever queued meanwhile, until
