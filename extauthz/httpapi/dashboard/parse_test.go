@@ -11,13 +11,16 @@ import (
 	"time"
 
 	"github.com/aisecops/aisecops-envoy/extauthz/audit"
+	"github.com/aisecops/aisecops-envoy/extauthz/finding"
 )
 
 // TestParseLineSkipsOnlyReplayFields: cutting a line at its replay fields
 // reads exactly what decoding the whole line reads — for a Check with sealed
 // input, for an event whose detail has a key "input", and for a line whose
 // agent-written values hold the cut's text — and a line cut inside a nested
-// object falls back to the whole line.
+// object falls back to the whole line. parseLine decodes with encoding/json
+// v2; the reference here is encoding/json, so the two must agree on every
+// field a record carries.
 func TestParseLineSkipsOnlyReplayFields(t *testing.T) {
 	t.Parallel()
 	check := audit.Record{TS: time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC), DecisionID: "d_1", RunID: `r,"input":{`, AgentID: "a",
@@ -26,7 +29,15 @@ func TestParseLineSkipsOnlyReplayFields(t *testing.T) {
 		Input:             json.RawMessage(`{"plan":{"arguments":{"to":"<sealed>"}}}`), Sealed: &audit.Sealed{KeyID: "k", Nonce: []byte("n"), Ciphertext: []byte("AAAA")}}
 	event := audit.Record{TS: check.TS, Event: audit.EventApprovalDecided, ApprovalID: "ap_1", Decision: "approve",
 		Detail: map[string]string{"input": "x", "zz": "y"}}
-	for name, rec := range map[string]audit.Record{"check": check, "event": event} {
+	full := check
+	full.MCPMethod, full.OTelTraceID, full.TraceID, full.TokenJTI = "tools/call", "0af7651916cd43dd8448eb211c80319c", "t-1", "jti-1"
+	full.ControlIDs, full.PolicyVersion, full.RouteVersion = []string{"AIS-EGR-01", "AIS-RUN-02"}, "sha256:p", "sha256:r"
+	full.StepRisk = audit.StepRisk{RStep: 0.3, E: 1.5, T: 1.2, B: 1, Step: 0.54}
+	full.EgressFindings = []finding.Finding{{Detector: "aws_access_key_id", Location: "body.text", Class: "secret", Count: 2, Hash: "h"}}
+	full.Decision, full.ApprovalID, full.DryRun, full.Explain = "require_approval", "ap_2", true, true
+	full.Detail = map[string]string{"from": "v1", "é": "\u2028 <&>"}
+	full.RunID = "run \"quoted\" é 日本"
+	for name, rec := range map[string]audit.Record{"check": check, "event": event, "full": full} {
 		b, err := json.Marshal(rec)
 		if err != nil {
 			t.Fatal(err)
