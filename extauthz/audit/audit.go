@@ -168,7 +168,9 @@ type Record struct {
 	// "strings": {"<input path>": …}}. Policy is what the policy decided on
 	// that input, which a replay under the same bundle reproduces (a later
 	// stage may have changed Decision). Absent when a stage before the policy
-	// decided, or with no Sealer.
+	// decided, or with no Sealer. Write puts a compact one-line object in
+	// the line as it is (see compactObject): it must be valid JSON, as
+	// json.Marshal's output is.
 	Input  json.RawMessage `json:"input,omitempty"`
 	Sealed *Sealed         `json:"sealed,omitempty"`
 	Policy *PolicyDecision `json:"policy,omitempty"`
