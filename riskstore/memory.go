@@ -259,6 +259,9 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 	if step.ExpectVersion != AnyVersion && step.ExpectVersion != cur.Version {
 		return CommitResult{Outcome: Stale, State: cur}, nil
 	}
+	if costOutOfRange(cur.CostMicros, step.CostMicros) || (limits.AgentWindow > 0 && costOutOfRange(check.Agent.CostMicros, step.CostMicros)) {
+		return CommitResult{}, fmt.Errorf("riskstore: commit run %q: cost total out of range (|micros| > 2^53)", ref.ID)
+	}
 	if limit := Exceeds(check, step, limits, now); limit != "" {
 		if r != nil {
 			m.touch(r, now, ttl) // a refused run stays refused: it does not expire and come back
@@ -295,11 +298,17 @@ func (m *Memory) Commit(_ context.Context, ref RunRef, step Step, limits Limits,
 	}
 	if step.RequestID != "" {
 		r.requests[step.RequestID] = Prior{DecisionID: step.DecisionID, StepRisk: step.Risk, RiskTotal: s.RiskTotal}
-		r.order = append(r.order, step.RequestID)
-		if len(r.order) > maxRequestIDs {
-			delete(r.requests, r.order[0])
-			r.order = r.order[1:]
+	}
+	// Every commit takes a place in the order, one without a request id
+	// too, as in Redis (where it is remembered under a generated id so that
+	// a client retry stays idempotent): a request id is forgotten after
+	// maxRequestIDs later commits of any kind.
+	r.order = append(r.order, step.RequestID)
+	if len(r.order) > maxRequestIDs {
+		if old := r.order[0]; old != "" {
+			delete(r.requests, old)
 		}
+		r.order = r.order[1:]
 	}
 	if step.Nonce != "" {
 		m.addNonce(step.Nonce, step.NonceOwner, now, max(step.NonceTTL, time.Millisecond))
@@ -357,6 +366,13 @@ func checkNumbers(step Step, l Limits) error {
 		return errors.New("agent window must be a whole number of milliseconds")
 	}
 	return nil
+}
+
+// costOutOfRange reports whether total+step leaves ±2^53, where the Redis
+// store's Lua doubles would round it; both stores refuse such a commit with
+// an error rather than keep an inexact total.
+func costOutOfRange(total, step int64) bool {
+	return total > maxExactInt-step || total < -maxExactInt-step
 }
 
 // maxExactInt is the largest integer a Lua number (a double) holds exactly;

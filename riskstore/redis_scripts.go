@@ -176,6 +176,14 @@ elseif holder and holder ~= ARGV[22] then
 elseif expect >= 0 and st.c ~= expect then
   outcome = 'stale'
 else
+  -- A cost total past 2^53 would round in a double (and pass a limit it
+  -- exceeds): an error, as in Memory, never a rounded total. The test
+  -- itself does not add, so it is exact.
+  local exact = 9007199254740992
+  if st.cost > exact - stepCost or st.cost < -exact - stepCost or
+    (agentW > 0 and (acost > exact - stepCost or acost < -exact - stepCost)) then
+    error('cost total out of range (|micros| > 2^53)')
+  end
   local maxCalls, maxWrites, maxCost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local maxRisk, eps = tonumber(ARGV[11]), tonumber(ARGV[12])
   local aMaxCalls, aMaxCost = tonumber(ARGV[14]), tonumber(ARGV[15])

@@ -433,7 +433,9 @@ for i = 1, #KEYS / 2 do
       f[#f + 1] = 'id'; f[#f + 1] = ARGV[a + 3]
     end
     if ARGV[a + 6] ~= '' then f[#f + 1] = 'risk'; f[#f + 1] = ARGV[a + 6] end
-    local renew = not s[3] or now - tonumber(s[3]) >= renewAfter
+    -- Renewed when due, and whenever the log has no lifetime (it was
+    -- deleted and recreated by this XADD while its summary lived on).
+    local renew = not s[3] or now - tonumber(s[3]) >= renewAfter or redis.call('PTTL', log) == -1
     if renew then f[#f + 1] = 'x'; f[#f + 1] = string.format('%.0f', now) end
     redis.call('HSET', sum, unpack(f))
     if renew then
@@ -613,16 +615,26 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEnt
 		}
 	}
 	indexed := !failedCmd(index)
+	if !indexed {
+		// The steps are logged: index them again alone rather than log them
+		// twice (their summaries would count them twice).
+		index = indexScript.Run(ctx, r.c(), idx, members...)
+		indexed = index.Err() == nil
+	}
 	if len(r.log.agentsRenewed) > maxRenewed {
 		clear(r.log.agentsRenewed)
 	}
 	var failed []logEntry
 	for i, e := range batch {
-		if !ok[i] || !indexed || failedCmd(agents[i][0]) || failedCmd(agents[i][1]) {
+		// Only a step whose record did not land is tried again: one that
+		// landed but was not indexed, or whose agents set was not renewed,
+		// would be logged and counted twice. It is listed again with its
+		// run's next step; its agents set is renewed with that step too.
+		if !ok[i] {
 			failed = append(failed, e)
 			continue
 		}
-		if agents[i][0] != nil {
+		if agents[i][0] != nil && !failedCmd(agents[i][0]) && !failedCmd(agents[i][1]) {
 			r.log.agentsRenewed[r.agentsKey(e.run.ID)+"\x00"+e.run.Agent] = now
 		}
 	}
@@ -676,8 +688,7 @@ func (r *Redis) forgetRuns(members []string) {
 				continue
 			}
 			base := r.prefix + ":{a:" + agent + "}:r:" + id + ":"
-			p.Del(ctx, base+"log")
-			p.Del(ctx, base+"sum")
+			p.Del(ctx, base+"log", base+"sum") // one slot, one command: never one without the other
 		}
 		return nil
 	}) // a failed delete leaves the keys to their TTL
