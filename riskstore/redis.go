@@ -301,9 +301,10 @@ type runKeys struct {
 }
 
 func (r *Redis) runKeys(ref RunRef) runKeys {
+	agent, id := r.agentBase(ref.Agent), idHash(ref.ID) // each id hashed once
 	return runKeys{
-		run:   [2]string{r.runBase(ref) + "run", r.agentBase(ref.Agent) + "use"},
-		owner: r.prefix + ":{o:" + idHash(ref.ID) + "}:owner",
+		run:   [2]string{agent + "r:" + id + ":run", agent + "use"},
+		owner: r.prefix + ":{o:" + id + "}:owner",
 	}
 }
 

@@ -7,20 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
-
-// wireCounter counts round trips: a command or a pipeline, each one write.
-type wireCounter struct{ commands, pipelines atomic.Int64 }
-
-func (c *wireCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *wireCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { c.commands.Add(1); return next(ctx, cmd) }
-}
-func (c *wireCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { c.pipelines.Add(1); return next(ctx, cmds) }
-}
 
 // TestCommitBatchesConcurrentChecks: concurrent Commits share pipelines
 // (fewer round trips than Commits), and each is still decided on its own:
@@ -29,7 +16,7 @@ func (c *wireCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 func TestCommitBatchesConcurrentChecks(t *testing.T) {
 	t.Parallel()
 	r := newRedisStore(t, RedisOptions{URL: "redis://" + sharedNode(t).Addr()})
-	wire := &wireCounter{}
+	wire := &cmdCounter{} // one name per command or pipeline on the wire
 	r.AddHook(wire)
 	ctx := context.Background()
 	const workers, each, budget = 32, 20, 500
@@ -71,7 +58,7 @@ func TestCommitBatchesConcurrentChecks(t *testing.T) {
 		t.Errorf("committed %d, refused %d, run counts %d; want %d, %d, %d",
 			committed.Load(), refused.Load(), got.ToolCalls, budget, workers*each-budget, budget)
 	}
-	trips, calls := wire.commands.Load()+wire.pipelines.Load(), int64(workers*each+committed.Load()/5)
+	trips, calls := int64(len(wire.take())), int64(workers*each+committed.Load()/5)
 	t.Logf("%d commits in %d round trips", calls, trips)
 	if trips >= calls {
 		t.Errorf("%d commits took %d round trips: not batched", calls, trips)

@@ -566,6 +566,7 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEnt
 	groups := r.logGroups(batch)
 	appends := make([]*redis.Cmd, len(groups))
 	agents := make([][2]redis.Cmder, len(batch))
+	renewed := make([]string, len(batch)) // agentsRenewed's key of each entry
 	members := make([]any, 1, len(batch)+1)
 	members[0] = capacity
 	var index *redis.Cmd
@@ -588,7 +589,8 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEnt
 		}
 		for i, e := range batch {
 			ak := r.agentsKey(e.run.ID)
-			if at, ok := r.log.agentsRenewed[ak+"\x00"+e.run.Agent]; !ok || now.Sub(at) >= logRenew {
+			renewed[i] = ak + "\x00" + e.run.Agent
+			if at, ok := r.log.agentsRenewed[renewed[i]]; !ok || now.Sub(at) >= logRenew {
 				agents[i] = [2]redis.Cmder{p.SAdd(ctx, ak, e.run.Agent), p.PExpire(ctx, ak, logTTL)}
 			}
 			members = append(members, indexMember(e.run))
@@ -635,7 +637,7 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEnt
 			continue
 		}
 		if agents[i][0] != nil && !failedCmd(agents[i][0]) && !failedCmd(agents[i][1]) {
-			r.log.agentsRenewed[r.agentsKey(e.run.ID)+"\x00"+e.run.Agent] = now
+			r.log.agentsRenewed[renewed[i]] = now
 		}
 	}
 	if indexed {
