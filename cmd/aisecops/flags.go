@@ -27,6 +27,7 @@ type options struct {
 	allowVolatileRedis bool
 	auditFile          string
 	auditFsync         bool
+	auditSealEvery     time.Duration
 	sealKeys           string
 	logLevel           string
 	checkTimeout       time.Duration
@@ -104,6 +105,7 @@ func commonFlags(name string, stderr io.Writer) (*flag.FlagSet, *options) {
 	fs.StringVar(&o.redisCluster, "redis-cluster", "", "comma-separated Redis Cluster nodes host:port,…")
 	fs.StringVar(&o.auditFile, "audit-file", "", "audit JSONL file (default $AISECOPS_HOME/audit.jsonl)")
 	fs.BoolVar(&o.auditFsync, "audit-fsync", false, "fsync every audit line (durable against power loss; slower)")
+	fs.DurationVar(&o.auditSealEvery, "audit-seal-every", 10*time.Millisecond, "longest an audit line waits for its signed sidecar checkpoint (0: one after every write batch)")
 	fs.StringVar(&o.sealKeys, "seal-keys", "", "directory of the keys that seal recorded arguments for replay, shared by every replica (default $AISECOPS_HOME/seal-keys, created with a first key)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.checkTimeout, "check-timeout", time.Second, "upper bound of a Check when Envoy sends no deadline")

@@ -205,7 +205,7 @@ func buildAuthz(ctx context.Context, o *options, log *slog.Logger, reg *promethe
 	if a.inspector, err = extauthz.NewEgressInspector([]byte(findingKey)); err != nil {
 		return nil, err
 	}
-	if a.audit, err = audit.Open(o.auditPath(), audit.Options{Fsync: o.auditFsync}); err != nil {
+	if a.audit, err = audit.Open(o.auditPath(), audit.Options{Fsync: o.auditFsync, SealEvery: o.auditSealEvery}); err != nil {
 		return nil, err
 	}
 	log.Info("audit log", "path", o.auditPath())

@@ -12,7 +12,10 @@ import (
 	"time"
 )
 
-const crashChildEnv = "AUDIT_CRASH_CHILD_LOG"
+const (
+	crashChildEnv = "AUDIT_CRASH_CHILD_LOG"
+	crashSealEnv  = "AUDIT_CRASH_SEAL_EVERY"
+)
 
 // TestCrashChild is the process TestCrashKeepsAcknowledgedLines kills: it
 // writes from 8 goroutines until killed and prints each acknowledged id.
@@ -21,7 +24,8 @@ func TestCrashChild(t *testing.T) {
 	if path == "" {
 		t.Skip("run by TestCrashKeepsAcknowledgedLines")
 	}
-	l, err := Open(path, Options{CheckpointEvery: 50})
+	sealEvery, _ := time.ParseDuration(os.Getenv(crashSealEnv))
+	l, err := Open(path, Options{CheckpointEvery: 50, SealEvery: sealEvery})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -47,6 +51,8 @@ func TestCrashChild(t *testing.T) {
 
 // TestCrashKeepsAcknowledgedLines kills a writing process with SIGKILL: the
 // log, reopened, verifies and holds every line a Write acknowledged, once.
+// The second round's process seals lazily (SealEvery), so it dies with
+// acknowledged lines its sidecar does not seal yet.
 func TestCrashKeepsAcknowledgedLines(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -56,6 +62,9 @@ func TestCrashKeepsAcknowledgedLines(t *testing.T) {
 	for round := range 3 { // crash, reopen and crash again: recovery must compose
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+path)
+		if round == 1 {
+			cmd.Env = append(cmd.Env, crashSealEnv+"=1h")
+		}
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

@@ -30,10 +30,21 @@ type Options struct {
 	// sealed lines that never reached the disk.
 	Fsync bool
 	// CheckpointEvery is the number of lines between checkpoint lines in the
-	// log (DefaultCheckpointEvery when zero). The sidecar is updated after every
-	// batch regardless; these lines are what a copy of the log without its
-	// sidecar is verified against.
+	// log (DefaultCheckpointEvery when zero). The sidecar is updated as
+	// SealEvery says regardless; these lines are what a copy of the log
+	// without its sidecar is verified against.
 	CheckpointEvery int
+	// SealEvery is how long written lines may wait for their sidecar
+	// checkpoint: a batch is sealed when the last seal is at least this old,
+	// and lines left unsealed are sealed this long after the seal before
+	// them at the latest (a timer), at a checkpoint line, a rotation and
+	// Close. Zero seals after every batch. What a lag gives up: lines past
+	// the sidecar's seal verify as "unsealed" (Open and Verify check them
+	// against the chain), so whoever can write the file could cut them off
+	// unnoticed until the next seal — no more than whoever could also put an
+	// older sidecar back already can (see README, Tamper evidence); a line
+	// appended after a cut breaks the chain.
+	SealEvery time.Duration
 	// MaxBytes rotates the log before a batch would grow it past this size;
 	// zero never rotates by size (Rotate still works).
 	MaxBytes int64
@@ -93,6 +104,8 @@ type Log struct {
 	st         state
 	out        bytes.Buffer
 	nextRotate time.Time
+	sealedAt   time.Time   // when the sidecar was last written (SealEvery)
+	sealTimer  *time.Timer // armed while lines wait for a seal
 }
 
 // state is where the chain stands. seal is the latest signed checkpoint, the
@@ -111,6 +124,7 @@ type batch struct {
 	lines      [][]byte // encoded lines with placeholder hashes, owned by their writers
 	prev, hash []string
 	rotate     bool
+	seal       bool // seal what is written (sealPending)
 	rotated    string
 	err        error
 	rotateErr  error
@@ -132,8 +146,8 @@ var errClosed = errors.New("audit: log closed")
 // continue a chain that was tampered with: verify it (Verify,
 // `aisecops audit verify`) and move it aside to start a new log.
 func Open(path string, opts Options) (*Log, error) {
-	if opts.CheckpointEvery < 0 || opts.MaxBytes < 0 {
-		return nil, errors.New("audit: CheckpointEvery and MaxBytes must not be negative")
+	if opts.CheckpointEvery < 0 || opts.MaxBytes < 0 || opts.SealEvery < 0 {
+		return nil, errors.New("audit: CheckpointEvery, MaxBytes and SealEvery must not be negative")
 	}
 	if opts.CheckpointEvery == 0 {
 		opts.CheckpointEvery = DefaultCheckpointEvery
@@ -354,8 +368,46 @@ func (l *Log) reseal() error {
 	if err := l.writeSidecar(&c); err != nil {
 		return err
 	}
-	l.st.seal = c
+	l.st.seal, l.sealedAt = c, time.Now()
 	return nil
+}
+
+// sealed reports whether st's seal covers every line of st.
+func (st *state) sealed() bool { return st.seal.LogID == st.logID && st.seal.Lines == st.lines }
+
+// sealLater arms the timer that seals what the last batch left unsealed,
+// SealEvery after the last seal. Called by the committer.
+func (l *Log) sealLater() {
+	if l.sealTimer == nil {
+		l.sealTimer = time.AfterFunc(max(l.opts.SealEvery-time.Since(l.sealedAt), 0), l.sealPending)
+	}
+}
+
+// sealPending seals the lines batches left unsealed, as a commit of its own
+// (or of the batch filling meanwhile).
+func (l *Log) sealPending() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return // Close seals
+	}
+	b := l.cur
+	b.seal = true
+	l.await(b)
+}
+
+// sealNow seals every written line (the timer's part of a commit).
+func (l *Log) sealNow() {
+	l.sealTimer = nil
+	if l.brokenErr() != nil || l.st.sealed() {
+		return
+	}
+	if err := l.reseal(); err != nil {
+		// The lines are written; the next batch's seal, or the next
+		// checkpoint line, tries again, and fails its Writes if it fails.
+		l.logger.Error("sealing the audit log failed", "path", l.path, "err", err)
+		l.sealLater()
+	}
 }
 
 // checkpoint signs st; its seq follows the last checkpoint signed.
@@ -377,8 +429,9 @@ func (l *Log) writeSidecar(c *Checkpoint) error {
 }
 
 // Write appends r, setting r.PrevHash and r.Hash. It returns when r's line
-// has been written (and synced, with Fsync) and sealed in the sidecar,
-// together with whatever other Writes arrived meanwhile. On error nothing of
+// has been written (and synced, with Fsync) together with whatever other
+// Writes arrived meanwhile, and sealed in the sidecar (or, with SealEvery,
+// due to be within SealEvery). On error nothing of
 // the batch remains in the log; the caller must deny.
 func (l *Log) Write(r *Record) error {
 	if isControl(r.Event) {
@@ -452,6 +505,9 @@ func (l *Log) commit() {
 	l.mu.Unlock()
 	if len(b.lines) > 0 {
 		b.err = l.append(b, false)
+	}
+	if b.seal {
+		l.sealNow()
 	}
 	if b.rotate {
 		b.rotated, b.rotateErr = l.rotate()
@@ -527,9 +583,16 @@ func (l *Log) append(b *batch, forceCheckpoint bool) error {
 			return err
 		}
 	}
+	if (forceCheckpoint || l.st.sinceCheckpoint >= l.opts.CheckpointEvery) && !l.st.sealed() {
+		// Lines wait for their seal (SealEvery): seal them first, for the
+		// checkpoint line to copy.
+		if err := l.reseal(); err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+	}
 	st := l.st
 	l.out.Reset()
-	if (forceCheckpoint || st.sinceCheckpoint >= l.opts.CheckpointEvery) && st.seal.LogID == st.logID && st.seal.Lines == st.lines {
+	if (forceCheckpoint || st.sinceCheckpoint >= l.opts.CheckpointEvery) && st.sealed() {
 		// The checkpoint line copies the sidecar's checkpoint, which seals
 		// exactly the lines before it. Make that durable first, so that the
 		// sidecar is never older than a checkpoint in the log.
@@ -568,12 +631,17 @@ func (l *Log) append(b *batch, forceCheckpoint bool) error {
 			return l.undo(before, -1, fmt.Errorf("audit: fsync: %w", err))
 		}
 	}
+	if !forceCheckpoint && l.opts.SealEvery > 0 && time.Since(l.sealedAt) < l.opts.SealEvery {
+		l.st = st
+		l.sealLater()
+		return nil
+	}
 	c := l.checkpoint(&st)
 	if err := l.writeSidecar(&c); err != nil {
 		return l.undo(before, int(c.Seq%2), fmt.Errorf("audit: %w", err))
 	}
 	st.seal = c
-	l.st = st
+	l.st, l.sealedAt = st, time.Now()
 	return nil
 }
 
@@ -641,7 +709,7 @@ func (l *Log) maybeRotate(b *batch) {
 // between the two renames); then the sidecar seals the new log. Until it does,
 // it still seals the old log's last line, which the new header links to.
 func (l *Log) rotate() (string, error) {
-	if l.st.sinceCheckpoint > 0 {
+	if l.st.sinceCheckpoint > 0 || !l.st.sealed() {
 		if err := l.append(nil, true); err != nil {
 			return "", err
 		}
@@ -696,7 +764,10 @@ func (l *Log) rotate() (string, error) {
 // finish closes the log: a final checkpoint line, everything synced.
 func (l *Log) finish() error {
 	var errs []error
-	if l.brokenErr() == nil && l.st.sinceCheckpoint > 0 {
+	if l.sealTimer != nil {
+		l.sealTimer.Stop()
+	}
+	if l.brokenErr() == nil && (l.st.sinceCheckpoint > 0 || !l.st.sealed()) {
 		errs = append(errs, l.append(nil, true))
 	}
 	errs = append(errs, l.f.Sync(), l.sc.Sync(), l.f.Close(), l.sc.Close())
