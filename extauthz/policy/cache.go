@@ -33,6 +33,9 @@ type decisionCache struct {
 	// with: the key holds the comparisons' signs, not the value
 	// (cache_cmp.go).
 	cmp [][]*ast.Term
+	// want is what of the input the key reads: paths and the input refs
+	// among their operands. A lookup builds only that (inputValueFor).
+	want *want
 
 	mu sync.RWMutex
 	m  map[string]Decision
@@ -47,9 +50,16 @@ func newDecisionCache(mods []*ast.Module) *decisionCache {
 	}
 	c := &decisionCache{paths: paths, cmp: make([][]*ast.Term, len(paths)), m: make(map[string]Decision)}
 	compared := comparedPaths(mods, paths)
+	refs := slices.Clone(paths)
 	for i, p := range paths {
 		c.cmp[i] = compared[p.String()]
+		for _, o := range c.cmp[i] {
+			if r, ok := o.Value.(ast.Ref); ok {
+				refs = append(refs, r)
+			}
+		}
 	}
+	c.want = wantPaths(refs)
 	return c
 }
 

@@ -248,6 +248,11 @@ func TestCacheAttacks(t *testing.T) {
 			v1, _ := inputValue(in1, b.readsArgs)
 			v2, _ := inputValue(in2, b.readsArgs)
 			k1, k2 := b.cache.key(v1), b.cache.key(v2)
+			for i, in := range []*Input{in1, in2} {
+				if p, err := inputValueFor(in, b.readsArgs, b.cache.want); err == nil && b.cache.key(p) != []string{k1, k2}[i] {
+					t.Errorf("input %d: the partial input's key differs from the whole input's", i+1)
+				}
+			}
 			t.Logf("paths %v sameKey=%v", ps, k1 == k2)
 			d1, err1 := b.Eval(ctx, in1) // fills the cache
 			cp := *in2

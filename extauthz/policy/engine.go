@@ -259,7 +259,11 @@ func (c *Bundle) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	// the caller: a caller that forgot them would otherwise silently disable
 	// the rules that read them.
 	in.Derive()
-	v, err := inputValue(in, c.readsArgs)
+	var w *want // everything
+	if c.cache != nil {
+		w = c.cache.want // what the key reads; the whole input only on a miss
+	}
+	v, err := inputValueFor(in, c.readsArgs, w)
 	if err != nil {
 		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy input invalid")
 	}
@@ -270,8 +274,14 @@ func (c *Bundle) Eval(ctx context.Context, in *Input) (d Decision, err error) {
 	if d, ok := c.cache.get(key); ok {
 		return d, nil
 	}
+	if v, err = inputValue(in, c.readsArgs); err != nil {
+		return Decision{}, reason.Wrap(reason.PolicyError, err, "policy input invalid")
+	}
 	d, err = c.eval(ctx, rego.EvalParsedInput(v))
-	if err == nil {
+	// The whole input's key must be the partial one's (by construction);
+	// were it not, nothing is cached rather than a decision under a key
+	// that another input could share.
+	if err == nil && c.cache.key(v) == key {
 		c.cache.put(key, d)
 	}
 	return d, err
