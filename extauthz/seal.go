@@ -86,7 +86,7 @@ func sealInput(rec *audit.Record, v *Verdict, s Sealer, redact func(string) stri
 			}
 		})
 	}
-	in, err := json.Marshal(&open)
+	in, err := open.EncodeJSON()
 	if err != nil {
 		return fmt.Errorf("encode the policy input: %w", err)
 	}

@@ -229,19 +229,25 @@ func (c *converter) num(w *want, field string, f float64) ast.Value {
 // formatFloat formats f as encoding/json does, so the policy input and the
 // audit record's JSON carry the same number text.
 func formatFloat(f float64) string {
+	return string(appendFloat(make([]byte, 0, 24), f))
+}
+
+// appendFloat appends f as encoding/json writes it.
+func appendFloat(b []byte, f float64) []byte {
 	format := byte('f')
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'
 	}
-	b := strconv.AppendFloat(make([]byte, 0, 24), f, format, -1, 64)
+	start := len(b)
+	b = strconv.AppendFloat(b, f, format, -1, 64)
 	if format == 'e' {
 		// clean up e-09 to e-9, as encoding/json does
-		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+		if n := len(b); n-start >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
 			b[n-2] = b[n-1]
 			b = b[:n-1]
 		}
 	}
-	return string(b)
+	return b
 }
 
 func intNum(w *want, i int64) ast.Value {
