@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ type benchOptions struct {
 	minAllow float64
 	dir      string
 	aof      bool
+	slices   int
 	selfProf string
 }
 
@@ -111,6 +113,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	steps := fs.String("steps", "1,20,200", "run lengths: each worker's run ids rotate after this many Checks")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per row")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured time before each row")
+	fs.IntVar(&o.slices, "slices", 4, "slices of each row: the floor and the server are measured alternately, duration/slices at a time")
 	fs.DurationVar(&o.timeout, "timeout", time.Second, "deadline of each Check (Envoy's ext_authz timeout)")
 	fs.IntVar(&o.conns, "conns", 2, "gRPC connections to each server (Envoy keeps one per worker thread)")
 	fs.StringVar(&o.json, "json", "", "also write the report as JSON to this file (-: to stdout, instead of the table)")
@@ -187,28 +190,41 @@ func bench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) (err e
 		return err
 	}
 	var lowAllowed []string
-	// Floor and server interleaved per concurrency: on a shared, noisy
-	// machine the ratios then compare rows measured minutes apart at most.
+	// Floor and server interleaved in slices within each row: on a shared,
+	// noisy machine (a neighbour's burst lasts seconds) both then see the
+	// same noise, and a row's ratios are to the floor slices taken between
+	// its own. The floor row shown is all of a concurrency's floor slices.
 	for _, c := range o.conc {
-		f, err := measure(ctx, sys, floor, sys.noop, "floor", c, 1, o, nil)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(stderr, f.progress())
-		rep.Rows = append(rep.Rows, f)
+		var floorAll sample
+		var rows []row
 		for _, s := range o.steps {
-			r, err := measure(ctx, sys, real, sys.serve, "aisecops", c, s, o, nil)
+			fs, rs, err := interleave(ctx, sys, floor, real, c, s, o)
+			if err != nil {
+				return err
+			}
+			floorAll.add(fs)
+			f, err := fs.row("floor", c, 1, false)
+			if err != nil {
+				return err
+			}
+			r, err := rs.row("aisecops", c, s, false)
 			if err != nil {
 				return err
 			}
 			r.ratios(f)
+			fmt.Fprintln(stderr, f.progress())
 			fmt.Fprintln(stderr, r.progress())
-			rep.Rows = append(rep.Rows, r)
+			rows = append(rows, r)
 			if r.AllowedPct < o.minAllow {
 				lowAllowed = append(lowAllowed, fmt.Sprintf("c=%d steps=%d allowed %.2f%% (< %.0f%%); top denials: %s",
 					c, s, r.AllowedPct, o.minAllow, strings.Join(r.TopDenials, ", ")))
 			}
 		}
+		f, err := floorAll.row("floor", c, 1, false)
+		if err != nil {
+			return err
+		}
+		rep.Rows = append(append(rep.Rows, f), rows...)
 	}
 	if o.profile != "" {
 		p, err := profileRow(ctx, sys, real, o, stderr)
@@ -232,15 +248,88 @@ func bench(ctx context.Context, o benchOptions, stdout, stderr io.Writer) (err e
 	return nil
 }
 
+// interleave measures one row of the server and the floor beside it: in
+// o.slices slices each, alternately, the first after o.warmup and the
+// others after a short re-warming (the closed loop's ramp after a switch).
+func interleave(ctx context.Context, sys *system, floor, real []envoy_service_auth_v3.AuthorizationClient,
+	conc, steps int, o benchOptions) (fs, rs sample, err error) {
+	n := max(o.slices, 1)
+	slice := o.duration / time.Duration(n)
+	fgens, rgens := newGens(sys, "floor", conc, 1), newGens(sys, "aisecops", conc, steps)
+	for i := range n {
+		warm := min(o.warmup, sliceWarmup)
+		if i == 0 {
+			warm = o.warmup
+		}
+		f, err := takeSample(ctx, sys, floor, sys.noop, fgens, false, o.timeout, warm, slice, nil)
+		if err != nil {
+			return fs, rs, fmt.Errorf("floor c=%d: %w", conc, err)
+		}
+		r, err := takeSample(ctx, sys, real, sys.serve, rgens, true, o.timeout, warm, slice, nil)
+		if err != nil {
+			return fs, rs, fmt.Errorf("aisecops c=%d steps=%d: %w", conc, steps, err)
+		}
+		fs.add(f)
+		rs.add(r)
+	}
+	return fs, rs, nil
+}
+
+// sliceWarmup is the unmeasured time before a row's later slices.
+const sliceWarmup = 300 * time.Millisecond
+
 // measure runs one row against target (whose process is p).
 func measure(ctx context.Context, sys *system, clients []envoy_service_auth_v3.AuthorizationClient, p *proc,
 	name string, conc, steps int, o benchOptions, hooks *rowHooks) (row, error) {
+	gens := newGens(sys, name, conc, steps)
+	dur := o.duration
+	if hooks != nil && hooks.minDuration > dur {
+		dur = hooks.minDuration
+	}
+	s, err := takeSample(ctx, sys, clients, p, gens, name != "floor", o.timeout, o.warmup, dur, hooks)
+	if err != nil {
+		return row{}, fmt.Errorf("%s c=%d steps=%d: %w", name, conc, steps, err)
+	}
+	return s.row(name, conc, steps, hooks != nil)
+}
+
+// newGens are a row's closed-loop workers' request generators (kept across
+// a row's slices, so runs go on where they were).
+func newGens(sys *system, name string, conc, steps int) []func() (call, error) {
 	prefix := fmt.Sprintf("%s-c%d-s%d-%d", name, conc, steps, time.Now().UnixNano()%1e9)
 	gens := make([]func() (call, error), conc)
 	for w := range conc {
 		gens[w] = newRunner(sys.mix, loadAgent, prefix+"-w"+strconv.Itoa(w), steps, w).next
 	}
-	withRedis := name != "floor"
+	return gens
+}
+
+// sample is what one slice of a row measured; a row's slices add up.
+type sample struct {
+	t                     tally
+	elapsed               time.Duration
+	cpu, mach, self       time.Duration
+	withRedis             bool
+	redisCPU              time.Duration
+	redisReads, redisRuns int64 // reads processed, scripts run
+}
+
+func (s *sample) add(o sample) {
+	s.t.merge(&o.t)
+	s.elapsed += o.elapsed
+	s.cpu += o.cpu
+	s.mach += o.mach
+	s.self += o.self
+	s.withRedis = s.withRedis || o.withRedis
+	s.redisCPU += o.redisCPU
+	s.redisReads += o.redisReads
+	s.redisRuns += o.redisRuns
+}
+
+// takeSample runs gens against one target (whose process is p) for warmup,
+// then measures dur.
+func takeSample(ctx context.Context, sys *system, clients []envoy_service_auth_v3.AuthorizationClient, p *proc,
+	gens []func() (call, error), withRedis bool, timeout, warmup, dur time.Duration, hooks *rowHooks) (sample, error) {
 	var cpu0, cpu1, mach0, mach1, self0, self1 time.Duration
 	var r0, r1 redisStats
 	snap := func(cpu, mach, self *time.Duration, rs *redisStats) error {
@@ -259,10 +348,6 @@ func measure(ctx context.Context, sys *system, clients []envoy_service_auth_v3.A
 		*self = selfCPU()
 		return nil
 	}
-	dur := o.duration
-	if hooks != nil && hooks.minDuration > dur {
-		dur = hooks.minDuration
-	}
 	begin := func() error {
 		if err := snap(&cpu0, &mach0, &self0, &r0); err != nil {
 			return err
@@ -279,23 +364,39 @@ func measure(ctx context.Context, sys *system, clients []envoy_service_auth_v3.A
 		}
 		return err
 	}
-	t, elapsed, err := closedLoop(ctx, clients, gens, o.timeout, o.warmup, dur, begin, end)
+	t, elapsed, err := closedLoop(ctx, clients, gens, timeout, warmup, dur, begin, end)
 	if err != nil {
-		return row{}, fmt.Errorf("%s c=%d steps=%d: %w", name, conc, steps, err)
+		return sample{}, err
 	}
 	if err := p.alive(); err != nil {
-		return row{}, err
+		return sample{}, err
 	}
+	s := sample{t: t, elapsed: elapsed, cpu: cpu1 - cpu0, mach: mach1 - mach0, self: self1 - self0, withRedis: withRedis}
+	if withRedis {
+		// One read is the closing INFO itself; the server PINGs Redis once a
+		// second for its health.
+		s.redisCPU = r1.cpu - r0.cpu
+		s.redisReads = int64(r1.reads-r0.reads) - 1 - int64(elapsed.Seconds())
+		s.redisRuns = int64(r1.scripts - r0.scripts)
+	}
+	return s, nil
+}
+
+// row is what the samples s add up to.
+func (s *sample) row(name string, conc, steps int, profiled bool) (row, error) {
+	t := &s.t
+	slices.Sort(t.lat)
 	n := t.checks()
 	if n == 0 {
-		return row{}, fmt.Errorf("%s c=%d steps=%d: no Check answered in %s", name, conc, steps, elapsed)
+		return row{}, fmt.Errorf("%s c=%d steps=%d: no Check answered in %s", name, conc, steps, s.elapsed)
 	}
+	elapsed := s.elapsed
 	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
 	r := row{
 		Target: name, Concurrency: conc, Seconds: elapsed.Seconds(), Checks: n, RPS: float64(n) / elapsed.Seconds(),
 		P50us: us(percentile(t.lat, 50)), P90us: us(percentile(t.lat, 90)), P99us: us(percentile(t.lat, 99)),
-		ServerCPUus: per(cpu1 - cpu0), AllowedPct: 100 * float64(t.allowed) / float64(n), TopDenials: t.topDenials(5),
-		LoadCPUus: per(self1 - self0), Profiled: hooks != nil,
+		ServerCPUus: per(s.cpu), AllowedPct: 100 * float64(t.allowed) / float64(n), TopDenials: t.topDenials(5),
+		LoadCPUus: per(s.self), Profiled: profiled,
 	}
 	if name != "floor" {
 		r.Steps = steps
@@ -303,14 +404,12 @@ func measure(ctx context.Context, sys *system, clients []envoy_service_auth_v3.A
 	for k := range numKinds {
 		r.Mix = append(r.Mix, fmt.Sprintf("%s %.0f%%", kindNames[k], 100*float64(t.byKind[k])/float64(n)))
 	}
-	other := (mach1 - mach0) - (cpu1 - cpu0) - (self1 - self0)
-	if withRedis {
-		rcpu := per(r1.cpu - r0.cpu)
-		other -= r1.cpu - r0.cpu
-		// One read is the closing INFO itself; the server PINGs Redis once a
-		// second for its health.
-		rt := (float64(r1.reads-r0.reads) - 1 - float64(int(elapsed.Seconds()))) / float64(n)
-		scripts := float64(r1.scripts-r0.scripts) / float64(n)
+	other := s.mach - s.cpu - s.self
+	if s.withRedis {
+		rcpu := per(s.redisCPU)
+		other -= s.redisCPU
+		rt := float64(s.redisReads) / float64(n)
+		scripts := float64(s.redisRuns) / float64(n)
 		r.RedisCPUus, r.RedisRT, r.RedisScripts = &rcpu, &rt, &scripts
 	}
 	r.OtherCores = max(other.Seconds(), 0) / elapsed.Seconds()
