@@ -419,7 +419,12 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local log, sum, a = KEYS[2 * i - 1], KEYS[2 * i], 3 + 6 * (i - 1)
   local s = nil
-  if not failed(redis.pcall('XADD', log, 'MAXLEN', '~', maxLen, '*', 'r', ARGV[a + 1])) then
+  -- NOMKSTREAM: a log that does not exist (new, or deleted while its
+  -- summary lived on) is created by a second XADD, and renewed below.
+  local added = redis.pcall('XADD', log, 'NOMKSTREAM', 'MAXLEN', '~', maxLen, '*', 'r', ARGV[a + 1])
+  local created = added == false
+  if created then added = redis.pcall('XADD', log, 'MAXLEN', '~', maxLen, '*', 'r', ARGV[a + 1]) end
+  if not failed(added) then
     s = redis.pcall('HMGET', sum, 'steps', 'd:' .. ARGV[a + 4], 'x')
   end
   if s == nil or failed(s) then
@@ -433,9 +438,8 @@ for i = 1, #KEYS / 2 do
       f[#f + 1] = 'id'; f[#f + 1] = ARGV[a + 3]
     end
     if ARGV[a + 6] ~= '' then f[#f + 1] = 'risk'; f[#f + 1] = ARGV[a + 6] end
-    -- Renewed when due, and whenever the log has no lifetime (it was
-    -- deleted and recreated by this XADD while its summary lived on).
-    local renew = not s[3] or now - tonumber(s[3]) >= renewAfter or redis.call('PTTL', log) == -1
+    -- Renewed when due, and whenever this step created the log.
+    local renew = created or not s[3] or now - tonumber(s[3]) >= renewAfter
     if renew then f[#f + 1] = 'x'; f[#f + 1] = string.format('%.0f', now) end
     redis.call('HSET', sum, unpack(f))
     if renew then
