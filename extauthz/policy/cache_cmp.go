@@ -143,6 +143,7 @@ func signs(input, v ast.Value, others []*ast.Term) string {
 	if !finiteNumber(v) {
 		return "!" + v.String()
 	}
+	fv, vNum := numberFloat(v)
 	b := make([]byte, len(others))
 	for i, o := range others {
 		ov := o.Value
@@ -157,6 +158,18 @@ func signs(input, v ast.Value, others []*ast.Term) string {
 		if !finiteNumber(ov) {
 			return "!" + v.String()
 		}
+		// Two numbers whose correctly rounded float64s differ compare as
+		// those floats do: rounding is monotonic, so the exact decimals
+		// are in the same order (and OPA's exact comparison, which would
+		// parse both into big.Rat, agrees). Equal floats go to OPA.
+		if fo, ok := numberFloat(ov); ok && vNum && fv != fo {
+			if fv < fo {
+				b[i] = '<'
+			} else {
+				b[i] = '>'
+			}
+			continue
+		}
 		switch c := v.Compare(ov); {
 		case c < 0:
 			b[i] = '<'
@@ -169,6 +182,17 @@ func signs(input, v ast.Value, others []*ast.Term) string {
 		}
 	}
 	return string(b)
+}
+
+// numberFloat is v as the float64 nearest to it, when v is a number that
+// parses as a finite one.
+func numberFloat(v ast.Value) (float64, bool) {
+	n, ok := v.(ast.Number)
+	if !ok {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	return f, err == nil && !math.IsInf(f, 0) && !math.IsNaN(f)
 }
 
 // finiteNumber: v is not a number, or one a float64 holds.

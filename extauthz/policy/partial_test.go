@@ -7,9 +7,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 )
 
@@ -205,4 +207,53 @@ func regoInput(t *testing.T, in *Input, withArgs bool) rego.EvalOption {
 		t.Fatal(err)
 	}
 	return rego.EvalParsedInput(v)
+}
+
+// TestSignsAgreeWithOPACompare: the float fast path of signs gives, for
+// every pair of number texts, the sign OPA's own comparison gives —
+// different texts of one value, neighbouring floats, integers past 2^53,
+// underflow and exponent forms included.
+func TestSignsAgreeWithOPACompare(t *testing.T) {
+	t.Parallel()
+	texts := []string{"0", "-0", "1", "1.0", "1.5", "1.50", "15e-1", "0.1", "0.30000000000000004", "0.3",
+		"1e-7", "1e-07", "0.0000001", "9007199254740992", "9007199254740993", "9007199254740994",
+		"1e-400", "2e-400", "-1e-400", "1.7976931348623157e308", "2.5", "-2.5", "100", "1e2",
+		"0.1000000000000000055511151231257827", "0.10000000000000001", "4.9e-324", "5e-324"}
+	fixed := len(texts)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range 2000 {
+		f := math.Float64frombits(rng.Uint64())
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			continue
+		}
+		texts = append(texts, formatFloat(f), strconv.FormatFloat(math.Nextafter(f, math.Inf(1)), 'g', -1, 64))
+	}
+	var pairs [][2]string
+	for _, a := range texts[:fixed] { // every pair of the chosen ones
+		for _, b := range texts[:fixed] {
+			pairs = append(pairs, [2]string{a, b})
+		}
+	}
+	for range 20000 {
+		pairs = append(pairs, [2]string{texts[rng.IntN(len(texts))], texts[rng.IntN(len(texts))]})
+	}
+	for _, p := range pairs {
+		a, b := p[0], p[1]
+		va, vb := ast.Number(a), ast.Number(b)
+		got := signs(ast.NewObject(), va, []*ast.Term{ast.NewTerm(vb)})
+		var want string
+		switch c := va.Compare(vb); {
+		case c < 0:
+			want = "<"
+		case c > 0:
+			want = ">"
+		case ast.ValueEqual(va, vb) && va.Hash() == vb.Hash():
+			want = "="
+		default:
+			want = "~"
+		}
+		if got != want {
+			t.Fatalf("%s vs %s: signs %q, OPA %q", a, b, got, want)
+		}
+	}
 }
