@@ -39,8 +39,10 @@ type scriptCall struct {
 }
 
 // maxBatchInFlight: pipelines out at once. Few, so that batches grow under
-// load; more than one, so that one slow reply does not hold every Check.
-const maxBatchInFlight = 4
+// load; more than one, so that one slow reply does not hold every Check. Two
+// rather than four: at c=32 a Check then costs Redis 0.30 round trips
+// instead of 0.42, and both Redis and the server a little less CPU.
+const maxBatchInFlight = 2
 
 // run calls the script through the batcher and returns its reply. A call
 // that finds the batcher below maxInFlight and nothing queued is sent by its
