@@ -125,3 +125,27 @@ func TestStepLogIndexFailureCountsOnce(t *testing.T) {
 		t.Errorf("summary counts %q steps (%v), want 1", sum, err)
 	}
 }
+
+// TestStepLogBatchKeepsLastPlace: steps of one run gathered in one batch
+// (the writer lingers for them) count each, and the run takes the place of
+// its last step in the index.
+func TestStepLogBatchKeepsLastPlace(t *testing.T) {
+	t.Parallel()
+	s := newRedisStore(t, RedisOptions{URL: "redis://" + sharedNode(t).Addr(), KeyPrefix: "last" + strconv.FormatInt(time.Now().UnixNano(), 36)})
+	ctx := context.Background()
+	a, b := RunRef{Agent: "x", ID: "a"}, RunRef{Agent: "x", ID: "b"}
+	for i, run := range []RunRef{a, b, a} {
+		s.AppendStep(run, StepMeta{TS: time.Now(), Decision: "allow"}, []byte(strconv.Itoa(i)))
+	}
+	s.flushLog()
+	page, err := s.ListRuns(ctx, RunQuery{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Runs) != 2 || page.Runs[0].Run != a || page.Runs[0].Steps != 2 || page.Runs[1].Run != b || page.Runs[1].Steps != 1 {
+		t.Fatalf("runs %+v, want a (2 steps) before b (1 step)", page.Runs)
+	}
+	if agents, err := s.RunAgents(ctx, "a"); err != nil || len(agents) != 1 || agents[0] != "x" {
+		t.Fatalf("agents of run a: %v %v", agents, err)
+	}
+}

@@ -391,8 +391,9 @@ type logEntry struct {
 }
 
 const (
-	logQueue = 8192
-	logBatch = 256
+	logQueue  = 8192
+	logBatch  = 256
+	logLinger = 10 * time.Millisecond
 	// logTTL keeps a run's log for as long as an idle run's state.
 	logTTL = DefaultTTL
 	// logRenew: a log's, summary's or agents set's lifetime is renewed when
@@ -512,8 +513,15 @@ func (r *Redis) drainLog() {
 	defer close(r.log.done)
 	idx, capacity := r.indexKeys(), cmp.Or(r.log.cap, MaxIndexedRuns)
 	r.loadLogScripts()
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for e := range r.log.queue {
+		// A batch gathers for up to logLinger after its first step: the
+		// log is read by people, not by Checks, and a batch's script calls
+		// and round trip cost Redis about the same for one step as for
+		// fifty.
 		batch := []logEntry{e}
+		linger.Reset(logLinger)
 	more:
 		for len(batch) < logBatch {
 			select {
@@ -522,10 +530,11 @@ func (r *Redis) drainLog() {
 					break more
 				}
 				batch = append(batch, e)
-			default:
+			case <-linger.C:
 				break more
 			}
 		}
+		linger.Stop()
 		failed, noScript := r.writeLog(batch, idx, capacity)
 		if len(failed) > 0 {
 			// One more try for the entries a fault or a slow node cut short
@@ -591,14 +600,24 @@ func (r *Redis) writeLog(batch []logEntry, idx []string, capacity int) ([]logEnt
 			}
 			appends[g] = appendScript.EvalSha(ctx, p, keys, args...)
 		}
+		queued := make(map[string]bool, len(batch)) // agents sets renewed in this batch
 		for i, e := range batch {
 			ak := r.agentsKey(e.run.ID)
 			renewed[i] = ak + "\x00" + e.run.Agent
-			if at, ok := r.log.agentsRenewed[renewed[i]]; !ok || now.Sub(at) >= logRenew {
+			if at, ok := r.log.agentsRenewed[renewed[i]]; !queued[renewed[i]] && (!ok || now.Sub(at) >= logRenew) {
 				agents[i] = [2]redis.Cmder{p.SAdd(ctx, ak, e.run.Agent), p.PExpire(ctx, ak, logTTL)}
+				queued[renewed[i]] = true
 			}
-			members = append(members, indexMember(e.run))
 		}
+		// A run's last step of the batch is its place in the index.
+		indexed := make(map[string]bool, len(batch))
+		for i := len(batch) - 1; i >= 0; i-- {
+			if m := indexMember(batch[i].run); !indexed[m] {
+				indexed[m] = true
+				members = append(members, m)
+			}
+		}
+		slices.Reverse(members[1:])
 		index = indexScript.EvalSha(ctx, p, idx, members...)
 		return nil
 	})
